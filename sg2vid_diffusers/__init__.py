@@ -14,3 +14,17 @@ from .scene_graph import (
     validate_scene_graph,
 )
 from .vocabulary import Vocabulary
+
+# Models import diffusers (seconds); the scene-graph contract above stays light.
+_LAZY = {
+    "SceneGraphEncoder": ".models",
+    "SceneGraphEncoderOutput": ".models",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -101,10 +101,10 @@ def _add_render(sub: argparse._SubParsersAction) -> None:
 
 def _render(args: argparse.Namespace) -> int:
     from .data.sg_shapes import check_sg_shapes_graph, sample_clip_for_graph
-    from .video_io import VIDEO_SUFFIXES, write_video
+    from .video_io import VIDEO_EXTENSIONS, write_video
 
-    if args.output.suffix.lower() not in VIDEO_SUFFIXES:
-        raise _UsageError(f"--output must end in one of {', '.join(VIDEO_SUFFIXES)}, got {args.output.name!r}")
+    if args.output.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise _UsageError(f"--output must end in one of {', '.join(VIDEO_EXTENSIONS)}, got {args.output.name!r}")
     graph = parse_scene_graph(args.scene_graph)
     check_sg_shapes_graph(graph)
     clip = sample_clip_for_graph(graph, num_frames=args.num_frames, seed=args.seed)

@@ -158,7 +158,8 @@ def write_video_folder(
         with open(tmp / METADATA_NAME, "w", encoding="utf-8") as meta:
             for i, (frames, graph, boxes, extra) in enumerate(tqdm(items, total=total, desc=desc, unit="clip")):
                 file_name = f"clips/{i:06d}.{video_format}"
-                write_video(tmp / file_name, frames, fps=fps)
+                # Lossless: the conformance metric must see the frames as they were made.
+                write_video(tmp / file_name, frames, fps=fps, lossless=True)
                 record = VideoRecord(file_name, tmp / file_name, graph, boxes, dict(extra), i + 1)
                 meta.write(json.dumps(record.to_json()) + "\n")
         if output_dir.exists():
