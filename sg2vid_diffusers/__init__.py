@@ -19,6 +19,10 @@ from .vocabulary import Vocabulary
 _LAZY = {
     "SceneGraphEncoder": ".models",
     "SceneGraphEncoderOutput": ".models",
+    "SceneGraphToVideoPipeline": ".pipelines",
+    "SceneGraphToVideoPipelineOutput": ".pipelines",
+    "SceneGraphUNet3DConditionModel": ".models",
+    "GraphContext": ".models",
 }
 
 
@@ -28,3 +32,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+from . import _diffusers_hook  # noqa: E402
+
+_diffusers_hook.install()

@@ -1,0 +1,1 @@
+from .pipeline_sg2vid import SceneGraphToVideoPipeline, SceneGraphToVideoPipelineOutput

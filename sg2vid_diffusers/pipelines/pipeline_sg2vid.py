@@ -1,0 +1,367 @@
+"""``SceneGraphToVideoPipeline``: scene graph (+ optional text) -> video.
+
+The whole sampling loop is in :meth:`SceneGraphToVideoPipeline.__call__`, top to bottom:
+validate every input, encode the graphs (once), encode the prompt (if any), draw the noise,
+denoise with classifier-free guidance against the null graph, decode the frames.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+
+from ..batching import collate_scene_graphs
+from ..models.sg_encoder import SceneGraphEncoder
+from ..models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel
+from ..scene_graph import SceneGraph, parse_scene_graphs
+
+__all__ = ["SceneGraphToVideoPipeline", "SceneGraphToVideoPipelineOutput"]
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> from sg2vid_diffusers import SceneGraphToVideoPipeline
+        >>> from sg2vid_diffusers.video_io import write_video
+
+        >>> pipe = SceneGraphToVideoPipeline.from_builtin()
+        >>> graph = {
+        ...     "objects": ["red circle", "blue square"],
+        ...     "relationships": [[0, "left of", 1, [0.0, 0.5]], [0, "right of", 1, [0.75, 1.0]]],
+        ... }
+        >>> video = pipe(scene_graph=graph, generator=torch.Generator().manual_seed(0)).frames[0]
+        >>> write_video("crossing.mp4", video)
+        ```
+"""
+
+
+@dataclass
+class SceneGraphToVideoPipelineOutput(BaseOutput):
+    """``frames``: (B, F, H, W, 3) floats in [0, 1] for ``"np"``, (B, F, 3, H, W) for ``"pt"``, a list
+    of B lists of F PIL images for ``"pil"``, or the latents (B, C, F, h, w) for ``"latent"``."""
+
+    frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
+
+
+class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+    r"""Generate videos that obey scene graphs.
+
+    Components:
+        vae: an autoencoder (``AutoencoderKL`` or compatible) that decodes each frame's latent.
+        unet: a :class:`SceneGraphUNet3DConditionModel` (graph-only or decoupled graph attention).
+        scheduler: any diffusers scheduler (DDIM, DPM-Solver, ...).
+        sg_encoder: a :class:`SceneGraphEncoder` with its vocabulary (``sg_encoder.vocab``).
+        text_encoder, tokenizer: optional; a text-to-video backbone's text tower (decoupled mode).
+
+    Classifier-free guidance runs against the *null graph* (every graph token masked, a learned
+    null token in place of the global one: ``unet.null_graph_context``), which the training script
+    teaches by graph dropout. SGDiff has no guidance; ``guidance_scale=1`` turns it off.
+    """
+
+    model_cpu_offload_seq = "text_encoder->sg_encoder->unet->vae"
+    _optional_components = ["text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        vae,
+        unet: SceneGraphUNet3DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+        sg_encoder: SceneGraphEncoder,
+        text_encoder=None,
+        tokenizer=None,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae, unet=unet, scheduler=scheduler, sg_encoder=sg_encoder, text_encoder=text_encoder, tokenizer=tokenizer
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
+        self._vae_slicing = False
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_builtin(cls, **kwargs) -> "SceneGraphToVideoPipeline":
+        """The SG-Shapes model that ships inside the package (offline, a few MB)."""
+        from ..builtin import builtin_model_path
+
+        return cls.from_pretrained(builtin_model_path(), **kwargs)
+
+    # ------------------------------------------------------------------ switches
+
+    def enable_vae_slicing(self) -> None:
+        """Decode one frame at a time: peak memory independent of the number of frames."""
+        self._vae_slicing = True
+
+    def disable_vae_slicing(self) -> None:
+        self._vae_slicing = False
+
+    def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
+        """Use xformers in the UNet, keeping the graph processors and their weights (diffusers' own
+        switch would replace every processor with its plain xformers one). Raises when xformers is
+        not installed."""
+        self.unet.enable_xformers_memory_efficient_attention(attention_op=attention_op)
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        self.unet.disable_xformers_memory_efficient_attention()
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def vocab(self):
+        return self.sg_encoder.vocab
+
+    def check_inputs(
+        self,
+        scene_graph: Any,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None,
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        output_type: str,
+        latents: torch.Tensor | None,
+        callback_on_step_end_tensor_inputs: list[str] | None,
+    ) -> list[SceneGraph]:
+        """Validate everything before any compute. Returns the parsed graphs.
+
+        Raises:
+            SceneGraphError: for a graph the model can't take (field, index and value named).
+            ValueError: for any other bad argument.
+        """
+        if self.vocab is None:
+            raise ValueError("the pipeline's sg_encoder has no vocabulary (sg_encoder.vocab is None)")
+        graphs = parse_scene_graphs(
+            scene_graph, vocab=self.vocab, max_triples=self.sg_encoder.config.max_local_triples
+        )
+        for name, value in (("num_frames", num_frames), ("num_inference_steps", num_inference_steps)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < 1 or value % self.vae_scale_factor:
+                raise ValueError(f"{name} must be a positive multiple of {self.vae_scale_factor}, got {value!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is None:
+                continue
+            if self.text_encoder is None or self.tokenizer is None:
+                raise ValueError(f"{name} needs a pipeline with a text_encoder and a tokenizer; this one has none")
+            if isinstance(value, list) and len(value) != len(graphs):
+                raise ValueError(f"{name} has {len(value)} entries for {len(graphs)} scene graphs")
+            if not isinstance(value, (str, list)):
+                raise ValueError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+        if latents is not None:
+            expected = self._latent_shape(len(graphs), num_frames, height, width)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents must have shape {expected}, got {tuple(latents.shape)}")
+        unknown = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs may name {self._callback_tensor_inputs}, got {sorted(unknown)}"
+            )
+        return graphs
+
+    def _latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (
+            batch_size,
+            self.unet.config.in_channels,
+            num_frames,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+
+    # ------------------------------------------------------------------ conditioning
+
+    def encode_scene_graph(self, graphs: list[SceneGraph], num_frames: int, device: torch.device) -> GraphContext:
+        """Graph context for the UNet: (B * F, L, C) tokens and mask. Per-frame tokens are used only
+        when some graph changes over time (otherwise every frame's tokens are the same)."""
+        batch = collate_scene_graphs(graphs, self.vocab).to(device)
+        dynamic = batch.is_dynamic
+        encoded = self.sg_encoder(batch, num_frames=num_frames if dynamic else None)
+        local = encoded.frame_local_tokens if dynamic else encoded.local_tokens
+        mask = encoded.frame_mask if dynamic else encoded.local_mask
+        dtype = self.unet.dtype
+        return self.unet.build_graph_context(local.to(dtype), mask, encoded.global_embeds.to(dtype), num_frames)
+
+    def encode_prompt(self, prompt: str | list[str], batch_size: int, device: torch.device) -> torch.Tensor:
+        """(B, T, D) text states from the text encoder."""
+        prompts = [prompt] * batch_size if isinstance(prompt, str) else list(prompt)
+        tokens = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(device))[0].to(self.unet.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, h, w) latents -> (B, 3, F, H, W) frames in [-1, 1] (frames folded through the VAE)."""
+        batch_size, _, num_frames = latents.shape[:3]
+        latents = latents / self.vae.config.scaling_factor
+        folded = latents.permute(0, 2, 1, 3, 4).reshape(batch_size * num_frames, *latents.shape[1:2], *latents.shape[3:])
+        chunk = 1 if self._vae_slicing else folded.shape[0]
+        frames = torch.cat([self.vae.decode(part).sample for part in folded.split(chunk)])
+        frames = frames.reshape(batch_size, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
+        return frames.float()
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        scene_graph: Any,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 4.0,
+        graph_scale: float = 1.0,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
+    ) -> SceneGraphToVideoPipelineOutput | tuple:
+        r"""Generate one video per scene graph.
+
+        Args:
+            scene_graph: a graph or a list of graphs in the scene-graph JSON form (dict, JSON text,
+                file path, :class:`SceneGraph`; see SCENE_GRAPH_FORMAT.md). Validated against the
+                model's vocabulary before anything runs.
+            prompt, negative_prompt: text for a pipeline with a text encoder (decoupled mode); one
+                string for all graphs or one per graph. With a text encoder and no prompt, ``""``.
+            num_frames: F, frames per video. Time spans map to frames by ``f / F``.
+            height, width: in pixels, multiples of the VAE's factor (default: the UNet's sample size).
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance against the null graph; 1 disables it.
+            graph_scale: weight of the graph attention in decoupled mode (graph-only mode ignores it).
+            eta: DDIM's eta (ignored by other schedulers).
+            generator: torch generator(s) for the noise: the same seed gives the same video.
+            latents: (B, C, F, h, w) starting noise instead of drawing it.
+            output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
+            return_dict: return a :class:`SceneGraphToVideoPipelineOutput` (else a tuple).
+            callback_on_step_end: called as ``fn(pipe, step, timestep, callback_kwargs)`` after each
+                step; may return a dict that replaces tensors named in ``callback_kwargs``.
+            callback_on_step_end_tensor_inputs: which tensors the callback receives (``["latents"]``).
+            cross_attention_kwargs: extra arguments for the attention processors.
+
+        Returns:
+            :class:`SceneGraphToVideoPipelineOutput` (``frames``) or ``(frames,)``.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        default_size = self.unet.config.sample_size * self.vae_scale_factor
+        height, width = height or default_size, width or default_size
+
+        # 1. Validate everything before computing anything.
+        graphs = self.check_inputs(
+            scene_graph, prompt, negative_prompt, num_frames, height, width, num_inference_steps,
+            output_type, latents, callback_on_step_end_tensor_inputs,
+        )  # fmt: skip
+        self._guidance_scale = guidance_scale
+        batch_size = len(graphs)
+        device = self._execution_device
+
+        # 2. Conditioning: graph context (once for all steps), null graph, text.
+        graph_context = self.encode_scene_graph(graphs, num_frames, device)
+        text_states = None
+        if self.text_encoder is not None and self.tokenizer is not None:
+            text_states = self.encode_prompt(prompt if prompt is not None else "", batch_size, device)
+        if self.do_classifier_free_guidance:
+            null_context = self.unet.null_graph_context(batch_size, num_frames)
+            graph_context = GraphContext.cat([null_context, graph_context])
+            if text_states is not None:
+                negative = self.encode_prompt(negative_prompt if negative_prompt is not None else "", batch_size, device)
+                text_states = torch.cat([negative, text_states])
+
+        # 3. Noise and timesteps.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if latents is None:
+            shape = self._latent_shape(batch_size, num_frames, height, width)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        # 4. Denoise.
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                model_input = self.scheduler.scale_model_input(model_input, t)
+                noise_pred = self.unet(
+                    model_input,
+                    t,
+                    encoder_hidden_states=text_states,
+                    graph_context=graph_context,
+                    graph_scale=graph_scale,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                ).sample
+                if self.do_classifier_free_guidance:
+                    uncond, cond = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (cond - uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {"latents": latents} if "latents" in callback_on_step_end_tensor_inputs else {}
+                    outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                    latents = outputs.pop("latents", latents)
+                progress_bar.update()
+
+        # 5. Decode.
+        if output_type == "latent":
+            frames = latents
+        else:
+            frames = self.video_processor.postprocess_video(self.decode_latents(latents), output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (frames,)
+        return SceneGraphToVideoPipelineOutput(frames=frames)
+
+
+SceneGraphToVideoPipeline.__call__.__doc__ += EXAMPLE_DOC_STRING

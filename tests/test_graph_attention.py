@@ -1,0 +1,381 @@
+"""The graph attention processors, one attention layer at a time, and where they are installed."""
+
+import importlib.machinery
+import sys
+import types
+
+import pytest
+import torch
+from diffusers import UNet3DConditionModel
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+from sg2vid_diffusers.models import (
+    DecoupledGraphAttnProcessor,
+    GraphAttnProcessor,
+    PlainAttnProcessor,
+    install_graph_processors,
+)
+from sg2vid_diffusers.models.graph_attention import is_graph_attention_layer, is_xformers_available
+
+B, F, M, L = 2, 3, 5, 4  # videos, frames, queries (pixels) per frame, graph tokens
+QUERY_DIM, CONTEXT_DIM = 8, 6
+TINY_UNET = dict(
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    cross_attention_dim=CONTEXT_DIM,
+    attention_head_dim=4,
+    down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny ops on a shared 2-core machine: threads only contend.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def attn():
+    torch.manual_seed(0)
+    return Attention(query_dim=QUERY_DIM, cross_attention_dim=CONTEXT_DIM, heads=2, dim_head=4).eval()
+
+
+@pytest.fixture
+def inputs():
+    """Queries (B*F, M, C_q), text (B*F, 7, C), graph (B*F, L, C) and a mask with some tokens masked."""
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(B * F, M, QUERY_DIM, generator=gen)
+    text = torch.randn(B * F, 7, CONTEXT_DIM, generator=gen)
+    graph = torch.randn(B * F, L, CONTEXT_DIM, generator=gen)
+    mask = torch.ones(B * F, L, dtype=torch.bool)
+    mask[:, 1] = False
+    mask[0, 2] = False
+    return hidden, text, graph, mask
+
+
+def trained_decoupled(attn):
+    """A decoupled processor whose graph branch is no longer zero (as after some training)."""
+    processor = DecoupledGraphAttnProcessor.for_layer(attn)
+    with torch.no_grad():
+        processor.to_v_graph.weight.normal_(generator=torch.Generator().manual_seed(2))
+    return processor
+
+
+def graph_processors(attn):
+    return [GraphAttnProcessor(), trained_decoupled(attn)]
+
+
+# ------------------------------------------------------------------ plain
+
+
+def test_plain_processor_equals_diffusers_sdpa_and_ignores_graph_arguments(inputs):
+    _, _, graph, mask = inputs
+    torch.manual_seed(0)
+    # Every pre/post-processing switch of Attention at once: spatial norm, 4D input, group norm,
+    # residual connection, output rescaling (SpatialNorm's group norm has 32 groups).
+    attn = Attention(
+        query_dim=32,
+        heads=2,
+        dim_head=4,
+        norm_num_groups=2,
+        spatial_norm_dim=3,
+        residual_connection=True,
+        rescale_output_factor=2.0,
+    ).eval()
+    image, zq = torch.randn(B * F, 32, 2, 3), torch.randn(B * F, 3, 1, 1)
+    expected = AttnProcessor2_0()(attn, image, temb=zq)
+    out = PlainAttnProcessor()(attn, image, temb=zq, graph_hidden_states=graph, graph_mask=mask, graph_scale=3.0)
+    assert out.shape == image.shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_plain_processor_applies_diffusers_attention_mask(attn, inputs):
+    hidden, text, _, _ = inputs
+    attention_mask = torch.zeros(B * F, 1, text.shape[1])
+    attention_mask[:, :, :3] = -10000.0
+    expected = AttnProcessor2_0()(attn, hidden, text, attention_mask=attention_mask)
+    out = PlainAttnProcessor()(attn, hidden, text, attention_mask=attention_mask)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(out, PlainAttnProcessor()(attn, hidden, text))
+
+
+# ------------------------------------------------------------------ graph-only
+
+
+@pytest.mark.parametrize("cross_attention_norm", [None, "layer_norm"])
+def test_graph_only_attends_over_the_graph_with_the_layers_own_projections(inputs, cross_attention_norm):
+    hidden, text, graph, _ = inputs
+    torch.manual_seed(0)
+    attn = Attention(
+        query_dim=QUERY_DIM,
+        cross_attention_dim=CONTEXT_DIM,
+        heads=2,
+        dim_head=4,
+        cross_attention_norm=cross_attention_norm,
+    ).eval()
+    expected = AttnProcessor2_0()(attn, hidden, encoder_hidden_states=graph)
+    out = GraphAttnProcessor()(attn, hidden, encoder_hidden_states=text, graph_hidden_states=graph)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_graph_only_needs_a_graph(attn, inputs):
+    hidden, text, _, _ = inputs
+    with pytest.raises(ValueError, match="graph_hidden_states"):
+        GraphAttnProcessor()(attn, hidden, text)
+
+
+# ------------------------------------------------------------------ masks and batches (both graph processors)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_masked_tokens_receive_no_attention(attn, inputs, which):
+    hidden, text, graph, mask = inputs
+    processor = graph_processors(attn)[which]
+    out = processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask)
+
+    noise = torch.randn(graph.shape, generator=torch.Generator().manual_seed(3))
+    masked_changed = torch.where(mask[..., None], graph, graph + 10 * noise)
+    unmasked_changed = torch.where(mask[..., None], graph + noise, graph)
+    torch.testing.assert_close(
+        processor(attn, hidden, text, graph_hidden_states=masked_changed, graph_mask=mask), out, rtol=0, atol=1e-6
+    )
+    assert not torch.allclose(processor(attn, hidden, text, graph_hidden_states=unmasked_changed, graph_mask=mask), out)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_a_masked_token_is_as_if_it_were_absent(attn, inputs, which):
+    hidden, text, graph, _ = inputs
+    processor = graph_processors(attn)[which]
+    mask = torch.ones(B * F, L, dtype=torch.bool)
+    mask[:, 1] = False
+    without = torch.cat([graph[:, :1], graph[:, 2:]], dim=1)
+    torch.testing.assert_close(
+        processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask),
+        processor(attn, hidden, text, graph_hidden_states=without),
+        rtol=0,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_a_per_frame_context_only_reaches_its_own_frame(attn, inputs, which):
+    hidden, text, graph, mask = inputs
+    processor = graph_processors(attn)[which]
+    out = processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask)
+    frame = 1 * F + 2  # video 1, frame 2 (frames are folded (b f))
+    changed = graph.clone()
+    changed[frame] += 1.0
+    new = processor(attn, hidden, text, graph_hidden_states=changed, graph_mask=mask)
+    others = [row for row in range(B * F) if row != frame]
+    torch.testing.assert_close(new[others], out[others], rtol=0, atol=0)
+    assert not torch.allclose(new[frame], out[frame])
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_a_per_video_context_equals_it_repeated_per_frame(attn, inputs, which):
+    hidden, text, graph, mask = inputs
+    processor = graph_processors(attn)[which]
+    per_video, per_video_mask = graph[::F], mask[::F]  # (B, L, C), (B, L)
+    repeated = per_video.repeat_interleave(F, dim=0)
+    repeated_mask = per_video_mask.repeat_interleave(F, dim=0)
+    torch.testing.assert_close(
+        processor(attn, hidden, text, graph_hidden_states=per_video, graph_mask=per_video_mask),
+        processor(attn, hidden, text, graph_hidden_states=repeated, graph_mask=repeated_mask),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_graph_batch_and_mask_errors_name_the_problem(attn, inputs):
+    hidden, text, graph, mask = inputs
+    processor = GraphAttnProcessor()
+    with pytest.raises(ValueError, match="batch 4, which does not fit hidden_states' batch 6"):
+        processor(attn, hidden, text, graph_hidden_states=graph[:4])
+    with pytest.raises(TypeError, match="bool"):
+        processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask.float())
+    with pytest.raises(ValueError, match="graph_mask has shape"):
+        processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask[:, :2])
+
+
+# ------------------------------------------------------------------ decoupled
+
+
+def test_new_decoupled_processor_is_the_text_attention_whatever_the_graph(attn, inputs):
+    hidden, text, graph, mask = inputs
+    processor = DecoupledGraphAttnProcessor.for_layer(attn)
+    assert torch.equal(processor.to_k_graph.weight, attn.to_k.weight)
+    assert torch.count_nonzero(processor.to_v_graph.weight) == 0
+    assert sorted(processor.state_dict()) == ["to_k_graph.weight", "to_v_graph.weight"]
+
+    text_only = AttnProcessor2_0()(attn, hidden, text)
+    out = processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask)
+    torch.testing.assert_close(out, text_only, rtol=0, atol=1e-6)
+
+
+def test_decoupled_graph_branch_is_scaled_by_graph_scale(attn, inputs):
+    hidden, text, graph, mask = inputs
+    processor = trained_decoupled(attn)
+
+    def run(scale):
+        return processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask, graph_scale=scale)
+
+    text_only = AttnProcessor2_0()(attn, hidden, text)
+    assert not torch.allclose(run(1.0), text_only)
+    torch.testing.assert_close(run(0.0), text_only, rtol=0, atol=1e-6)
+    torch.testing.assert_close(processor(attn, hidden, text), text_only, rtol=0, atol=1e-6)
+    # to_out is affine, so the output moves linearly with the scale
+    torch.testing.assert_close(run(2.0) - run(0.0), 2 * (run(1.0) - run(0.0)), rtol=1e-5, atol=1e-5)
+
+
+def test_decoupled_graph_weights_get_gradients(attn, inputs):
+    hidden, text, graph, mask = inputs
+    processor = DecoupledGraphAttnProcessor.for_layer(attn)
+    processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask).square().sum().backward()
+    # to_v_graph starts at zero, so only it learns at first (the keys' effect is multiplied by it)
+    assert processor.to_v_graph.weight.grad.abs().sum() > 0
+    assert processor.to_k_graph.weight.grad.abs().sum() == 0
+
+
+# ------------------------------------------------------------------ installing in a UNet
+
+
+@pytest.fixture
+def unet3d():
+    torch.manual_seed(0)
+    return UNet3DConditionModel(**TINY_UNET).eval()
+
+
+def test_layer_names_that_receive_the_graph():
+    assert is_graph_attention_layer("down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor")
+    assert is_graph_attention_layer("mid_block.attentions.0.transformer_blocks.0.attn2")
+    assert not is_graph_attention_layer("down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor")
+    assert not is_graph_attention_layer("down_blocks.0.temp_attentions.0.transformer_blocks.0.attn2.processor")
+    assert not is_graph_attention_layer("transformer_in.transformer_blocks.0.attn2.processor")
+
+
+@pytest.mark.parametrize(
+    "mode, graph_class", [("graph_only", GraphAttnProcessor), ("decoupled", DecoupledGraphAttnProcessor)]
+)
+def test_install_puts_graph_processors_on_spatial_cross_attention_only(unet3d, mode, graph_class):
+    num_layers = sum(isinstance(m, Attention) for m in unet3d.modules())
+    install_graph_processors(unet3d, mode)
+    processors = unet3d.attn_processors
+    assert len(processors) == num_layers
+    graph_layers = sorted(name for name, proc in processors.items() if isinstance(proc, graph_class))
+    assert graph_layers == [
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor",
+        "mid_block.attentions.0.transformer_blocks.0.attn2.processor",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2.processor",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn2.processor",
+    ]
+    others = [proc for name, proc in processors.items() if name not in graph_layers]
+    assert all(type(proc) is PlainAttnProcessor for proc in others)
+    assert any("temp_attentions" in name for name, proc in processors.items() if type(proc) is PlainAttnProcessor)
+
+
+def test_reinstalling_keeps_trained_decoupled_weights(unet3d):
+    install_graph_processors(unet3d, "decoupled")
+    with torch.no_grad():
+        for proc in unet3d.attn_processors.values():
+            if isinstance(proc, DecoupledGraphAttnProcessor):
+                proc.to_v_graph.weight.fill_(0.5)
+    before = {k: v.clone() for k, v in unet3d.state_dict().items() if "processor" in k}
+    assert len(before) == 8  # 4 layers x (to_k_graph, to_v_graph)
+
+    install_graph_processors(unet3d, "decoupled")
+    after = {k: v for k, v in unet3d.state_dict().items() if "processor" in k}
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_switching_to_graph_only_drops_the_graph_projections(unet3d):
+    install_graph_processors(unet3d, "decoupled")
+    install_graph_processors(unet3d, "graph_only")
+    assert not [k for k in unet3d.state_dict() if "processor" in k]
+    with pytest.raises(ValueError, match="mode must be one of"):
+        install_graph_processors(unet3d, "text")
+
+
+# ------------------------------------------------------------------ xformers
+
+
+@pytest.mark.skipif(is_xformers_available(), reason="checks the message shown without xformers")
+def test_xformers_processors_say_xformers_is_missing(unet3d):
+    install_graph_processors(unet3d, "decoupled")
+    before = unet3d.attn_processors
+    with pytest.raises(ModuleNotFoundError, match="xformers is not installed"):
+        install_graph_processors(unet3d, "decoupled", xformers=True)
+    assert unet3d.attn_processors == before
+
+
+def fake_xformers(monkeypatch):
+    """Install a stand-in for xformers with the call signature of ``xformers.ops.memory_efficient_attention``
+    (3D (batch*heads, tokens, head_dim) inputs, an additive bias of the full (batch*heads, M, L)
+    shape), computed with plain torch: it checks how the XFormers processors call xformers."""
+
+    def memory_efficient_attention(query, key, value, attn_bias=None, op=None, scale=None):
+        assert query.ndim == key.ndim == value.ndim == 3
+        scores = query @ key.transpose(1, 2) * scale  # (N*heads, M, L)
+        if attn_bias is not None:
+            assert attn_bias.shape == scores.shape and attn_bias.dtype == scores.dtype
+            scores = scores + attn_bias
+        return scores.softmax(dim=-1) @ value
+
+    xformers = types.ModuleType("xformers")
+    xformers.__spec__ = importlib.machinery.ModuleSpec("xformers", None)
+    xformers.ops = types.SimpleNamespace(memory_efficient_attention=memory_efficient_attention)
+    monkeypatch.setitem(sys.modules, "xformers", xformers)
+    monkeypatch.setitem(sys.modules, "xformers.ops", xformers.ops)
+
+
+def test_xformers_processors_call_xformers_as_the_sdpa_ones_compute(attn, inputs, monkeypatch):
+    if is_xformers_available():
+        pytest.skip("the real xformers is installed (see the next test)")
+    fake_xformers(monkeypatch)
+    check_xformers_processors(attn, inputs)
+
+
+def test_xformers_processors_equal_the_sdpa_ones(attn, inputs):
+    pytest.importorskip("xformers")
+    if not torch.cuda.is_available():
+        pytest.skip("xformers' memory-efficient attention needs a GPU")
+    check_xformers_processors(attn.cuda(), [t.cuda() for t in inputs])
+
+
+def check_xformers_processors(attn, inputs):
+    from sg2vid_diffusers.models import (
+        XFormersDecoupledGraphAttnProcessor,
+        XFormersGraphAttnProcessor,
+        XFormersPlainAttnProcessor,
+    )
+
+    hidden, text, graph, mask = inputs
+    decoupled = trained_decoupled(attn)
+    xformers_decoupled = XFormersDecoupledGraphAttnProcessor(decoupled.hidden_size, decoupled.cross_attention_dim)
+    xformers_decoupled.to(hidden.device).load_state_dict(decoupled.state_dict())
+    pairs = [
+        (PlainAttnProcessor(), XFormersPlainAttnProcessor()),
+        (GraphAttnProcessor(), XFormersGraphAttnProcessor()),
+        (decoupled, xformers_decoupled),
+    ]
+    for sdpa, xformers in pairs:
+        torch.testing.assert_close(
+            xformers(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask),
+            sdpa(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    # diffusers' additive attention_mask too
+    attention_mask = torch.zeros(hidden.shape[0], 1, text.shape[1], device=hidden.device)
+    attention_mask[:, :, :3] = -10000.0
+    torch.testing.assert_close(
+        XFormersPlainAttnProcessor()(attn, hidden, text, attention_mask=attention_mask),
+        PlainAttnProcessor()(attn, hidden, text, attention_mask=attention_mask),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -1,0 +1,65 @@
+"""Tiny, randomly initialised components for tests (no downloads; each runs in milliseconds)."""
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+
+from sg2vid_diffusers import SceneGraphEncoder
+from sg2vid_diffusers.data.sg_shapes import sg_shapes_vocabulary
+from sg2vid_diffusers.models.unet_3d_graph import SceneGraphUNet3DConditionModel
+from sg2vid_diffusers.pipelines import SceneGraphToVideoPipeline
+
+ENCODER_DIM = 8
+
+
+def tiny_encoder(seed: int = 0) -> SceneGraphEncoder:
+    torch.manual_seed(seed)
+    return SceneGraphEncoder.from_vocab(
+        sg_shapes_vocabulary(), embedding_dim=8, hidden_dim=8, output_dim=ENCODER_DIM, num_graph_layers=2
+    )
+
+
+def tiny_unet(graph_mode: str = "graph_only", seed: int = 0, cross_attention_dim: int = 16) -> SceneGraphUNet3DConditionModel:
+    torch.manual_seed(seed)
+    return SceneGraphUNet3DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=4,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        graph_mode=graph_mode,
+        graph_token_dim=3 * ENCODER_DIM,
+        graph_global_dim=ENCODER_DIM,
+    )
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=16,
+    )
+
+
+def tiny_pipeline(seed: int = 0) -> SceneGraphToVideoPipeline:
+    pipe = SceneGraphToVideoPipeline(
+        vae=tiny_vae(seed),
+        unet=tiny_unet(seed=seed),
+        scheduler=DDIMScheduler(num_train_timesteps=100),
+        sg_encoder=tiny_encoder(seed),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.vae, pipe.unet, pipe.sg_encoder):
+        module.eval()  # UNet3D's temporal convs have dropout
+    return pipe
