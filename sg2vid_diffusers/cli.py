@@ -4,6 +4,9 @@
     sg2vid evaluate --data DIR [--json]
     sg2vid evaluate --scene-graph G.json --video V.mp4 [--json]
     sg2vid render --scene-graph G.json --output V.{mp4,gif,npy} [--seed 0] [--num-frames 16]
+    sg2vid generate --scene-graph G.json --output V.{mp4,gif,npy} [--model DIR] [--seed N]
+        [--num-frames F] [--num-inference-steps S] [--guidance-scale X] [--preview P.png]
+    sg2vid generate --scene-graph GRAPHS.jsonl --output-dir DIR [...]   (a make-dataset-style folder)
 
 ``render`` draws an SG-Shapes clip that obeys the graph by search (no model): the exact
 reference for what a generated video should look like.
@@ -113,6 +116,96 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate videos from scene graphs with a SceneGraphToVideoPipeline")
+    p.add_argument("--scene-graph", required=True, help="a .json graph (or JSON text), or a .jsonl of graphs")
+    p.add_argument("--output", type=Path, help="video file for one graph: .mp4, .gif or .npy")
+    p.add_argument("--output-dir", type=Path, help="folder for a .jsonl of graphs (metadata.jsonl + clips)")
+    p.add_argument("--model", help="pipeline folder (default: the built-in SG-Shapes model)")
+    p.add_argument("--seed", type=int, default=0, help="video i of a .jsonl uses seed + i")
+    p.add_argument("--num-frames", type=int, default=16)
+    p.add_argument("--num-inference-steps", type=int, default=25)
+    p.add_argument("--guidance-scale", type=float, default=4.0)
+    p.add_argument("--batch-size", type=int, default=4, help="videos generated together (.jsonl)")
+    p.add_argument("--preview", type=Path, help="also draw the graph beside a strip of frames (PNG), with --output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .scene_graph import parse_scene_graphs
+    from .video_io import VIDEO_EXTENSIONS
+
+    # 1. Arguments and graphs, before loading anything.
+    if (args.output is None) == (args.output_dir is None):
+        raise _UsageError("give exactly one of --output V.mp4 (one graph) or --output-dir DIR (a .jsonl of graphs)")
+    if args.output is not None and args.output.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise _UsageError(f"--output must end in one of {', '.join(VIDEO_EXTENSIONS)}, got {args.output.name!r}")
+    if args.preview is not None and args.output is None:
+        raise _UsageError("--preview goes with --output (one graph)")
+    if args.output_dir is not None and args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
+        raise _UsageError(f"{args.output_dir} exists and is not empty (pass --overwrite)")
+    for name in ("num_frames", "num_inference_steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise _UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    graphs = parse_scene_graphs(args.scene_graph)
+    if args.output is not None and len(graphs) != 1:
+        raise _UsageError(f"--output takes one graph; {args.scene_graph} holds {len(graphs)} (use --output-dir)")
+
+    # 2. The model, and every graph checked against it before any compute.
+    import torch
+
+    from .pipelines import SceneGraphToVideoPipeline
+
+    if args.model is None:
+        pipe = SceneGraphToVideoPipeline.from_builtin()
+    else:
+        pipe = SceneGraphToVideoPipeline.from_pretrained(args.model)
+    limits = dict(vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
+    if args.output is not None:
+        graphs = [parse_scene_graph(graphs[0], **limits)]  # errors name fields without a list prefix
+    else:
+        graphs = parse_scene_graphs(graphs, **limits)
+
+    def generate(batch, first_index):
+        generators = [torch.Generator().manual_seed(args.seed + first_index + k) for k in range(len(batch))]
+        frames = pipe(
+            scene_graph=batch,
+            num_frames=args.num_frames,
+            num_inference_steps=args.num_inference_steps,
+            guidance_scale=args.guidance_scale,
+            generator=generators,
+        ).frames
+        return [(video * 255).round().astype("uint8") for video in frames]
+
+    # 3. Generate and write (each file to a temporary name first).
+    if args.output is not None:
+        from .video_io import write_video
+
+        video = generate(graphs, 0)[0]
+        write_video(args.output, video)
+        if args.preview is not None:
+            from .preview import save_preview
+
+            save_preview(args.preview, graphs[0], video)
+        print(f"wrote {args.output}: {graphs[0]}")
+        return 0
+
+    from .data.video_folder import write_video_folder
+
+    pipe.set_progress_bar_config(leave=False)
+
+    def items():
+        for start in range(0, len(graphs), args.batch_size):
+            batch = graphs[start : start + args.batch_size]
+            for k, video in enumerate(generate(batch, start)):
+                yield video, batch[k], None, {"index": start + k, "seed": args.seed + start + k}
+
+    write_video_folder(args.output_dir, items(), total=len(graphs), overwrite=args.overwrite, desc="generating")
+    print(f"wrote {len(graphs)} videos to {args.output_dir} (score them: sg2vid evaluate --data {args.output_dir})")
+    return 0
+
+
 class _UsageError(ValueError):
     pass
 
@@ -123,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_make_dataset(sub)
     _add_evaluate(sub)
     _add_render(sub)
+    _add_generate(sub)
     return parser
 
 
