@@ -63,3 +63,39 @@ def tiny_pipeline(seed: int = 0) -> SceneGraphToVideoPipeline:
     for module in (pipe.vae, pipe.unet, pipe.sg_encoder):
         module.eval()  # UNet3D's temporal convs have dropout
     return pipe
+
+
+def tiny_text_encoder(seed: int = 0, hidden_size: int = 16, model_max_length: int = 12):
+    """A tiny random ``CLIPTextModel`` and a ``CLIPTokenizer`` built offline (a-z BPE, a few merges):
+    the text tower of a text-to-video pipeline. Returns ``(text_encoder, tokenizer)``."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        vocab.update({letter + suffix: len(vocab) + i for i, letter in enumerate(letters)})
+    merges = ["r e", "re d</w>", "c i", "ci r", "cir c", "circ l", "circl e</w>", "b l", "bl u", "blu e</w>"]
+    for merge in merges:
+        vocab.setdefault(merge.replace(" ", ""), len(vocab))
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab))
+        Path(folder, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=model_max_length,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPTextModel(config).eval(), tokenizer

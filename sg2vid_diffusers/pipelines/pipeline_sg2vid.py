@@ -21,6 +21,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
+from einops import rearrange
 
 from ..batching import collate_scene_graphs
 from ..models.sg_encoder import SceneGraphEncoder
@@ -209,7 +210,9 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             truncation=True,
             return_tensors="pt",
         )
-        return self.text_encoder(tokens.input_ids.to(device))[0].to(self.unet.dtype)
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        attention_mask = tokens.attention_mask.to(device) if use_mask else None
+        return self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)[0].to(self.unet.dtype)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, F, h, w) latents -> (B, 3, F, H, W) frames in [-1, 1] (frames folded through the VAE)."""
@@ -344,7 +347,16 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                 if self.do_classifier_free_guidance:
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs).prev_sample
+                # Step with frames folded into the batch (as diffusers' text-to-video pipeline does), so
+                # that schedulers drawing noise place it the same way and threshold per frame.
+                num_latent_frames = latents.shape[2]
+                latents = self.scheduler.step(
+                    rearrange(noise_pred, "b c f h w -> (b f) c h w"),
+                    t,
+                    rearrange(latents, "b c f h w -> (b f) c h w"),
+                    **extra_step_kwargs,
+                ).prev_sample
+                latents = rearrange(latents, "(b f) c h w -> b c f h w", f=num_latent_frames)
 
                 if callback_on_step_end is not None:
                     callback_kwargs = {"latents": latents} if "latents" in callback_on_step_end_tensor_inputs else {}
