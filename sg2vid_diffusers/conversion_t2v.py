@@ -27,7 +27,7 @@ import torch
 
 from .conversion_sgdiff import _save_folder_atomically
 from .models.sg_encoder import SceneGraphEncoder
-from .models.unet_3d_graph import SceneGraphUNet3DConditionModel, _is_graph_weight
+from .models.unet_3d_graph import SceneGraphUNet3DConditionModel, is_graph_weight
 from .pipelines.pipeline_sg2vid import SceneGraphToVideoPipeline
 
 __all__ = [
@@ -316,7 +316,7 @@ def _front_matter_license(readme: Path) -> str | None:
 
 def _model_card(pipe: SceneGraphToVideoPipeline, t2v_path: Path, sg_encoder: Any, license_name: str | None) -> str:
     unet = pipe.unet
-    new = sum(p.numel() for key, p in unet.state_dict().items() if _is_graph_weight(key))
+    new = sum(p.numel() for key, p in unet.state_dict().items() if is_graph_weight(key))
     encoder = sg_encoder if isinstance(sg_encoder, (str, os.PathLike)) else "(a SceneGraphEncoder given in memory)"
     lines = ["---", "library_name: diffusers"]
     if license_name:

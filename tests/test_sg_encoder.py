@@ -231,3 +231,13 @@ def test_default_config_is_sgdiffs_visual_genome_encoder():
     assert {key: tuple(value.shape) for key, value in state_dict.items()} == expected
     assert sum(value.numel() for value in state_dict.values()) == 13_241_857  # "about 13.2 M"
     assert state_dict["logit_scale"].item() == pytest.approx(math.log(1 / 0.07))
+
+
+def test_runs_under_bf16_autocast_close_to_float32(encoder, vocab):
+    batch = collate_scene_graphs(random_graphs(3, seed=9), vocab)
+    expected = encoder(batch, num_frames=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = encoder(batch, num_frames=4)
+    assert out.local_tokens.dtype == torch.bfloat16
+    assert torch.allclose(out.global_embeds.float(), expected.global_embeds, atol=0.1, rtol=0.05)
+    assert torch.equal(out.frame_mask, expected.frame_mask)

@@ -94,11 +94,12 @@ class GraphTripleConv(nn.Module):
         new_p_vecs = new_t_vecs[:, H : H + Dout]  # (T, Dout)
         new_o_vecs = new_t_vecs[:, H + Dout :]  # (T, H)
 
-        pooled = obj_vecs.new_zeros(num_objs, H)  # (O, H)
+        # Buffers take the messages' dtype, which differs from the inputs' under autocast.
+        pooled = new_t_vecs.new_zeros(num_objs, H)  # (O, H)
         pooled = pooled.index_add(0, s_idx, new_s_vecs).index_add(0, o_idx, new_o_vecs)
         if self.pooling == "avg":
-            ones = obj_vecs.new_ones(edges.size(0))  # (T,)
-            counts = obj_vecs.new_zeros(num_objs).index_add(0, s_idx, ones).index_add(0, o_idx, ones)  # (O,)
+            ones = new_t_vecs.new_ones(edges.size(0))  # (T,)
+            counts = new_t_vecs.new_zeros(num_objs).index_add(0, s_idx, ones).index_add(0, o_idx, ones)  # (O,)
             pooled = pooled / counts.clamp(min=1).unsqueeze(1)
 
         new_obj_vecs = self.net2(pooled)  # (O, Dout)

@@ -33,7 +33,7 @@ from .graph_attention import (
     install_graph_processors,
 )
 
-__all__ = ["GraphContext", "SceneGraphUNet3DConditionModel", "lora_target_modules"]
+__all__ = ["GraphContext", "SceneGraphUNet3DConditionModel", "is_graph_weight", "lora_target_modules"]
 
 
 @dataclass
@@ -70,7 +70,7 @@ class GraphContext:
         return GraphContext(self.hidden_states.to(device=device, dtype=dtype), self.mask.to(device=device))
 
 
-def _is_graph_weight(key: str) -> bool:
+def is_graph_weight(key: str) -> bool:
     """Whether a state-dict key belongs to the graph conditioning rather than to ``UNet3DConditionModel``."""
     return key.startswith(("graph_local_proj.", "graph_global_proj.", "null_graph_token")) or ".processor." in key
 
@@ -464,7 +464,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         Config values, ``graph_mode`` included, can be overridden as keywords."""
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        new_graph_keys = [key for key in loading_info.get("missing_keys", []) if _is_graph_weight(key)]
+        new_graph_keys = [key for key in loading_info.get("missing_keys", []) if is_graph_weight(key)]
         if new_graph_keys:
             model.initialize_graph_weights(new_graph_keys)
         return (model, loading_info) if output_loading_info else model
@@ -495,8 +495,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         base_config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
         model = cls.from_config({**base_config, **graph_config})
         missing, unexpected = model.load_state_dict(unet.state_dict(), strict=False)
-        unexpected = [key for key in unexpected if not _is_graph_weight(key)]  # another graph_mode's weights
-        missing_base = [key for key in missing if not _is_graph_weight(key)]
+        unexpected = [key for key in unexpected if not is_graph_weight(key)]  # another graph_mode's weights
+        missing_base = [key for key in missing if not is_graph_weight(key)]
         if unexpected or missing_base:
             raise ValueError(
                 f"{type(unet).__name__} does not match a UNet3DConditionModel of its config: "

@@ -24,6 +24,7 @@ from diffusers.video_processor import VideoProcessor
 from einops import rearrange
 
 from ..batching import collate_scene_graphs
+from ..conditioning import encode_graph_context
 from ..models.sg_encoder import SceneGraphEncoder
 from ..models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel
 from ..scene_graph import SceneGraph, parse_scene_graphs
@@ -193,12 +194,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         """Graph context for the UNet: (B * F, L, C) tokens and mask. Per-frame tokens are used only
         when some graph changes over time (otherwise every frame's tokens are the same)."""
         batch = collate_scene_graphs(graphs, self.vocab).to(device)
-        dynamic = batch.is_dynamic
-        encoded = self.sg_encoder(batch, num_frames=num_frames if dynamic else None)
-        local = encoded.frame_local_tokens if dynamic else encoded.local_tokens
-        mask = encoded.frame_mask if dynamic else encoded.local_mask
-        dtype = self.unet.dtype
-        return self.unet.build_graph_context(local.to(dtype), mask, encoded.global_embeds.to(dtype), num_frames)
+        return encode_graph_context(self.sg_encoder, self.unet, batch, num_frames)
 
     def encode_prompt(self, prompt: str | list[str], batch_size: int, device: torch.device) -> torch.Tensor:
         """(B, T, D) text states from the text encoder."""

@@ -1,0 +1,314 @@
+"""The parts of ``training/train_video.py`` worth testing on their own: graph dropout, the frozen
+VAE's latents, the diffusion loss (Min-SNR weighting), which weights train, the data order, and
+kill-safe checkpoints.
+
+The script stays a plain loop; everything here is a small function of tensors and modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import compute_snr
+from einops import rearrange
+from torch import nn
+
+from .batching import SceneGraphBatch
+from .conditioning import encode_graph_context
+from .models.sg_encoder import SceneGraphEncoder
+from .models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel, is_graph_weight
+
+__all__ = [
+    "CHECKPOINT_PATTERN",
+    "EpochBatches",
+    "GraphConditionedDenoiser",
+    "diffusion_loss",
+    "diffusion_target",
+    "encode_videos",
+    "find_resume_checkpoint",
+    "list_checkpoints",
+    "resize_videos",
+    "sample_graph_dropout",
+    "save_checkpoint",
+    "set_trainable_parameters",
+    "step_generator",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+def sample_graph_dropout(
+    batch_size: int, probability: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(B,) bool: each graph independently replaced by the null graph with ``probability`` (graph
+    dropout, which teaches the unconditional branch of classifier-free guidance).
+
+    Always a tensor, all False at probability 0: the null token then still takes part in the
+    forward pass (with zero gradient), as distributed training wants of every trained weight.
+    """
+    if not 0 <= probability <= 1:
+        raise ValueError(f"graph dropout probability must be in [0, 1], got {probability}")
+    return (torch.rand(batch_size, generator=generator) < probability).to(device)
+
+
+class GraphConditionedDenoiser(nn.Module):
+    """The graph encoder and the UNet as one module, so that one forward pass (the one DDP wraps)
+    reaches every weight that trains: graph projections, processors, LoRA, the encoder if it trains.
+
+    Args:
+        unet: a :class:`SceneGraphUNet3DConditionModel`.
+        sg_encoder: a :class:`SceneGraphEncoder`.
+    """
+
+    def __init__(self, unet: SceneGraphUNet3DConditionModel, sg_encoder: SceneGraphEncoder):
+        super().__init__()
+        self.unet = unet
+        self.sg_encoder = sg_encoder
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        graphs: SceneGraphBatch,
+        drop: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, C, F, h, w) noisy latents, (B,) timesteps, B graphs, (B,) dropped graphs, optional
+        (B, T, D) text states -> (B, C, F, h, w) model output."""
+        num_frames = noisy_latents.shape[2]
+        # Outside autocast: the encoder's scatter-adds need one dtype throughout (it is small anyway).
+        with torch.autocast(noisy_latents.device.type, enabled=False):
+            context = encode_graph_context(self.sg_encoder, self.unet, graphs, num_frames, drop=drop)
+        return self.unet(
+            noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states, graph_context=context
+        ).sample
+
+
+def set_trainable_parameters(
+    unet: SceneGraphUNet3DConditionModel,
+    sg_encoder: SceneGraphEncoder,
+    train_unet: bool = False,
+    train_sg_encoder: bool = False,
+) -> list[tuple[str, nn.Parameter]]:
+    """Choose what trains (``requires_grad``) and return it as ``(name, parameter)`` pairs, names
+    prefixed ``unet.`` or ``sg_encoder.`` (as in :class:`GraphConditionedDenoiser`).
+
+    Always: the graph weights (``graph_local_proj``, ``graph_global_proj``, ``null_graph_token``, the
+    processors' ``to_k_graph``/``to_v_graph``). Plus LoRA weights (``lora_`` in the name) when the UNet
+    has an adapter: call this after ``unet.add_adapter``, which freezes everything else. Plus the
+    whole UNet with ``train_unet``, the encoder with ``train_sg_encoder`` (all but ``logit_scale``,
+    which only contrastive pretraining uses).
+    """
+    unet.requires_grad_(train_unet)
+    for name, param in unet.named_parameters():
+        if is_graph_weight(name) or "lora_" in name:
+            param.requires_grad_(True)
+    sg_encoder.requires_grad_(train_sg_encoder)
+    sg_encoder.logit_scale.requires_grad_(False)
+    return [
+        (f"{prefix}.{name}", param)
+        for prefix, module in (("unet", unet), ("sg_encoder", sg_encoder))
+        for name, param in module.named_parameters()
+        if param.requires_grad
+    ]
+
+
+# ----------------------------------------------------------------------------- latents and loss
+
+
+def resize_videos(videos: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, F, 3, H, W) -> (B, F, 3, R, R) by area averaging; R must divide H = W (e.g. 64 -> 32 or 16),
+    so each output pixel is the mean of a whole block of input pixels. Unchanged when R = H = W."""
+    height, width = videos.shape[-2:]
+    if height == width == resolution:
+        return videos
+    if height != width or height % resolution:
+        raise ValueError(
+            f"frames of {height}x{width} pixels cannot be downsampled to {resolution}x{resolution}: "
+            f"the resolution must divide the frames' size, and frames must be square"
+        )
+    frames = rearrange(videos, "b f c h w -> (b f) c h w")
+    frames = F.interpolate(frames, size=(resolution, resolution), mode="area")
+    return rearrange(frames, "(b f) c h w -> b f c h w", b=videos.shape[0])
+
+
+@torch.no_grad()
+def encode_videos(vae: nn.Module, videos: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latents of videos through the frozen image VAE, one frame at a time (frames folded into the batch).
+
+    Args:
+        vae: an ``AutoencoderKL`` (or compatible: ``encode(x).latent_dist``, ``config.scaling_factor``).
+        videos: (B, F, 3, H, W) in [0, 1].
+        generator: for the sample from the latent distribution.
+
+    Returns:
+        (B, C, F, H / s, W / s) latents, times ``vae.config.scaling_factor`` (what the UNet denoises;
+        ``SceneGraphToVideoPipeline.decode_latents`` divides it out again).
+    """
+    frames = rearrange(videos, "b f c h w -> (b f) c h w") * 2 - 1  # [0, 1] -> [-1, 1]
+    latents = vae.encode(frames.to(vae.dtype)).latent_dist.sample(generator=generator)
+    latents = latents * vae.config.scaling_factor
+    return rearrange(latents, "(b f) c h w -> b c f h w", b=videos.shape[0])
+
+
+def diffusion_target(
+    noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet learns to predict: the noise (``epsilon``) or the velocity (``v_prediction``),
+    following ``noise_scheduler.config.prediction_type``."""
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+
+
+def diffusion_loss(
+    model_pred: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise_scheduler,
+    snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """Mean squared error, optionally with Min-SNR-gamma weighting (Hang et al., 2023), as diffusers'
+    text-to-image example computes it.
+
+    Args:
+        model_pred, target: (B, ...) tensors.
+        timesteps: (B,) long.
+        noise_scheduler: gives ``alphas_cumprod`` and ``config.prediction_type``.
+        snr_gamma: None for the plain MSE; else each sample's loss is weighted by
+            ``min(SNR, gamma) / SNR`` (epsilon) or ``min(SNR, gamma) / (SNR + 1)`` (v-prediction).
+
+    Returns:
+        The scalar loss (float32).
+    """
+    if snr_gamma is None:
+        return F.mse_loss(model_pred.float(), target.float())
+    snr = compute_snr(noise_scheduler, timesteps)  # (B,)
+    weights = torch.clamp(snr, max=snr_gamma)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        weights = weights / snr
+    elif prediction_type == "v_prediction":
+        weights = weights / (snr + 1)
+    else:
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    loss = F.mse_loss(model_pred.float(), target.float(), reduction="none")
+    loss = loss.mean(dim=tuple(range(1, loss.ndim)))  # (B,)
+    return (loss * weights).mean()
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+class EpochBatches:
+    """This process's share of each global batch, forever, from micro-batch ``start`` on.
+
+    Epoch e visits the clips in the order ``randperm(seed, e)``; global batch b of it is the clips
+    ``order[b * G : (b + 1) * G]`` (G = batch size x processes; the incomplete last batch is
+    dropped), and process r takes its r-th slice. The order depends only on the seed, so a resumed
+    run skips exactly the batches already done.
+    """
+
+    def __init__(
+        self, num_clips: int, batch_size: int, num_processes: int, process_index: int, seed: int, start: int = 0
+    ):
+        self.num_clips, self.batch_size, self.seed, self.start = num_clips, batch_size, seed, start
+        self.num_processes, self.process_index = num_processes, process_index
+        self.batches_per_epoch = num_clips // (batch_size * num_processes)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {num_clips} clips, fewer than one global batch "
+                f"({batch_size} x {num_processes} processes)"
+            )
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            epoch, batch = divmod(step, self.batches_per_epoch)
+            order = torch.randperm(self.num_clips, generator=step_generator(self.seed, epoch))
+            first = (batch * self.num_processes + self.process_index) * self.batch_size
+            yield order[first : first + self.batch_size].tolist()
+            step += 1
+
+
+def step_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator that depends only on ``seed`` and ``keys`` (e.g. micro-batch and process index):
+    noise, timesteps and dropout drawn from it are the same in a resumed run as in an uninterrupted one."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Finished checkpoints (``checkpoint-N``; never ``checkpoint-N.tmp``), oldest first."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(
+    accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    total_limit: int | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """``accelerator.save_state`` into ``checkpoint-{step}.tmp``, then rename it to ``checkpoint-{step}``:
+    a run killed at any moment never leaves a half-written ``checkpoint-N``. Then keep only the
+    newest ``total_limit`` checkpoints.
+
+    Args:
+        write_extra: called on the main process with the temporary folder, to add files of one's own
+            before the rename.
+    """
+    final = Path(output_dir) / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)  # left by a killed run
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit is not None:
+            for _, old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old)
+        logger.info(f"Saved {final}")
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume_checkpoint(resume_from_checkpoint: str, output_dir: str | os.PathLike) -> Path | None:
+    """``"latest"`` -> the newest finished checkpoint of ``output_dir``; a path or a folder name
+    inside ``output_dir`` -> that folder. None when there is none."""
+    if resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1][1] if checkpoints else None
+    path = Path(resume_from_checkpoint)
+    if not path.exists():
+        path = Path(output_dir) / path.name
+    return path if path.exists() else None

@@ -1,0 +1,395 @@
+"""training/train_video.py end to end on tiny models (from our pipeline folder, from a text-to-video
+backbone, from --unet_config; LoRA; resume; two processes; validation videos), and the library
+pieces it rests on (sg2vid_diffusers.training_utils): graph dropout, the loss, latents, what trains."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from diffusers import DDIMScheduler, DDPMScheduler, UNet3DConditionModel
+from peft import LoraConfig
+from safetensors.torch import load_file
+from tiny_models import tiny_encoder, tiny_pipeline, tiny_text_encoder, tiny_unet, tiny_vae
+
+from sg2vid_diffusers import SceneGraphToVideoPipeline, collate_scene_graphs
+from sg2vid_diffusers.conditioning import encode_graph_context
+from sg2vid_diffusers.data.sg_shapes import sg_shapes_vocabulary
+from sg2vid_diffusers.data.video_folder import make_sg_shapes_dataset
+from sg2vid_diffusers.models.unet_3d_graph import is_graph_weight, lora_target_modules
+from sg2vid_diffusers.training_utils import (
+    EpochBatches,
+    diffusion_loss,
+    encode_videos,
+    resize_videos,
+    sample_graph_dropout,
+    set_trainable_parameters,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "training" / "train_video.py"
+GRAPHS = [
+    {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]},
+    {"objects": ["green square", "red triangle"], "relationships": [[1, "below", 0, [0.0, 0.5]]]},  # dynamic
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread: two threads on a busy machine wait on each other (5-10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_video", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+script = load_script()
+
+
+def train(*argv):
+    """Run the script in this process (a fresh Accelerate state each time: the kernels stay warm)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    script.main(script.parse_args([str(a) for a in argv]))
+
+
+def generate(folder, lora=False):
+    pipe = SceneGraphToVideoPipeline.from_pretrained(folder)
+    if lora:
+        pipe.load_lora_weights(folder)
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(
+        scene_graph=GRAPHS, num_frames=4, height=16, width=16, num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).frames  # fmt: skip
+    assert frames.shape == (2, 4, 16, 16, 3) and np.isfinite(frames).all()
+    return frames
+
+
+def weights(folder, component):
+    return load_file(Path(folder) / component / "diffusion_pytorch_model.safetensors")
+
+
+def assert_same(got, expected, keys):
+    for key in keys:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """SG-Shapes clips (64x64, 4 frames; trained at 16x16 = the tiny UNet's 8x8 latents), a tiny
+    pipeline folder, a tiny encoder folder and a validation graph file."""
+    root = tmp_path_factory.mktemp("train_video")
+    make_sg_shapes_dataset(root / "data", num_clips=8, num_frames=4, video_format="npy")
+    tiny_pipeline().save_pretrained(root / "pipe")
+    tiny_encoder(seed=1).save_pretrained(root / "encoder")
+    (root / "graphs.jsonl").write_text("".join(json.dumps(g) + "\n" for g in GRAPHS))
+    return root
+
+
+def common(work, output_dir, *extra):
+    return [
+        "--train_data_dir", work / "data",
+        "--output_dir", output_dir,
+        "--resolution", 16,
+        "--train_batch_size", 2,
+        "--learning_rate", "1e-3",
+        "--lr_warmup_steps", 0,
+        "--report_to", "none",
+        *extra,
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the script, end to end
+
+
+@pytest.fixture(scope="module")
+def graph_run(work):
+    """From a pipeline folder, graph weights only: 4 steps, EMA, Min-SNR, checkpoints every 2 steps,
+    validation videos at step 4, TensorBoard."""
+    out = work / "graph_run"
+    train(
+        "--pretrained_model_name_or_path", work / "pipe",
+        *common(work, out, "--max_train_steps", 4, "--checkpointing_steps", 2, "--use_ema", "--snr_gamma", 5,
+                "--validation_graphs", work / "graphs.jsonl", "--validation_steps", 4,
+                "--num_validation_inference_steps", 2, "--report_to", "tensorboard"),
+    )  # fmt: skip
+    return out
+
+
+def test_only_graph_weights_train_and_the_pipeline_folder_generates(graph_run, work):
+    unet, original_unet = weights(graph_run, "unet"), weights(work / "pipe", "unet")
+    assert unet.keys() == original_unet.keys()
+    assert_same(unet, original_unet, [k for k in unet if not is_graph_weight(k)])  # frozen backbone
+    assert not torch.equal(unet["graph_local_proj.weight"], original_unet["graph_local_proj.weight"])
+    for component in ("sg_encoder", "vae"):  # frozen encoder, frozen VAE
+        got, expected = weights(graph_run, component), weights(work / "pipe", component)
+        assert_same(got, expected, expected)
+
+    generate(graph_run)
+    card = (graph_run / "README.md").read_text()
+    assert "library_name: diffusers" in card and "steps: 4" in card and "wall time" in card
+    assert "8 clips of 4 frames" in card and "Min-SNR gamma 5.0" in card and "EMA" in card
+    assert sorted(p.name for p in graph_run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # checkpoints hold the weights that train, not the frozen backbone
+    saved = load_file(graph_run / "checkpoint-2" / "trained_weights.safetensors")
+    assert saved and all(is_graph_weight(k.removeprefix("unet.")) for k in saved)
+
+
+def test_validation_videos_are_written_and_logged(graph_run):
+    from sg2vid_diffusers.video_io import read_video
+
+    folder = graph_run / "validation" / "step-4"
+    videos = [read_video(folder / f"{i:02d}.mp4") for i in range(len(GRAPHS))]
+    assert all(v.shape == (4, 16, 16, 3) for v in videos)
+    assert len((folder / "graphs.jsonl").read_text().splitlines()) == len(GRAPHS)
+    assert list((graph_run / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(graph_run, work):
+    # What a run killed while writing its step-4 checkpoint leaves: checkpoint-2 and a partial .tmp.
+    resumed = work / "resumed"
+    shutil.copytree(graph_run / "checkpoint-2", resumed / "checkpoint-2")
+    (resumed / "checkpoint-4.tmp").mkdir()
+    (resumed / "checkpoint-4.tmp" / "model.safetensors").write_bytes(b"half written")
+
+    train(
+        "--pretrained_model_name_or_path", work / "pipe",
+        *common(work, resumed, "--max_train_steps", 4, "--checkpointing_steps", 2, "--use_ema", "--snr_gamma", 5,
+                "--resume_from_checkpoint", "latest", "--checkpoints_total_limit", 1),
+    )  # fmt: skip
+
+    expected, got = weights(graph_run, "unet"), weights(resumed, "unet")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-4"]  # total limit 1, .tmp replaced
+
+
+def test_resuming_with_other_trained_weights_is_refused(graph_run, work):
+    other = work / "other"
+    shutil.copytree(graph_run / "checkpoint-2", other / "checkpoint-2")
+    with pytest.raises(ValueError, match="holds other trained weights than this run trains"):
+        train(
+            "--pretrained_model_name_or_path", work / "pipe",
+            *common(work, other, "--max_train_steps", 4, "--rank", 2, "--resume_from_checkpoint", "latest"),
+        )  # fmt: skip
+
+
+def test_lora_trains_beside_a_frozen_backbone_and_loads_with_load_lora_weights(work):
+    out = work / "lora_run"
+    train("--pretrained_model_name_or_path", work / "pipe", *common(work, out, "--max_train_steps", 2, "--rank", 2))
+
+    unet, original_unet = weights(out, "unet"), weights(work / "pipe", "unet")
+    assert unet.keys() == original_unet.keys()  # no LoRA layers left in the pipeline folder
+    assert_same(unet, original_unet, [k for k in unet if not is_graph_weight(k)])
+    lora = load_file(out / "pytorch_lora_weights.safetensors")
+    assert lora and all(".attentions." in k for k in lora)  # spatial layers only
+    up = [v for k, v in lora.items() if "lora.up" in k or "lora_B" in k]
+    assert up and any(v.abs().sum() > 0 for v in up)  # trained (LoRA's B starts at zero)
+
+    without, with_lora = generate(out), generate(out, lora=True)
+    assert np.abs(with_lora - without).max() > 1e-4
+
+
+def test_training_from_a_unet_config_with_everything_switched_on(work):
+    out = work / "scratch_run"
+    config = {k: v for k, v in tiny_unet().config.items() if not k.startswith("_")}
+    (work / "unet_config.json").write_text(json.dumps(config))
+    vae_config = json.dumps({k: v for k, v in tiny_vae().config.items() if not k.startswith("_")})
+    train(
+        "--unet_config", work / "unet_config.json", "--vae_config", vae_config, "--sg_encoder", work / "encoder",
+        *common(work, out, "--max_train_steps", 2, "--gradient_checkpointing", "--prediction_type", "v_prediction",
+                "--snr_gamma", 5, "--train_sg_encoder", "--graph_dropout", 0.5, "--gradient_accumulation_steps", 2),
+    )  # fmt: skip
+
+    generate(out)
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    encoder, original = weights(out, "sg_encoder"), load_file(work / "encoder" / "diffusion_pytorch_model.safetensors")
+    assert not torch.equal(encoder["graph_projection.weight"], original["graph_projection.weight"])  # fine-tuned
+    assert torch.equal(encoder["logit_scale"], original["logit_scale"])  # unused by diffusion: left alone
+    assert "the whole UNet" in (out / "README.md").read_text()
+
+
+def tiny_text_to_video_folder(path):
+    """A diffusers text-to-video layout: UNet3DConditionModel, VAE, CLIP text encoder and tokenizer."""
+    config = {k: v for k, v in tiny_unet().config.items() if not k.startswith(("_", "graph_"))}
+    text_encoder, tokenizer = tiny_text_encoder(hidden_size=config["cross_attention_dim"])
+    components = {
+        "unet": UNet3DConditionModel.from_config(config),
+        "vae": tiny_vae(),
+        "scheduler": DDIMScheduler(num_train_timesteps=100),
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+    }
+    index = {"_class_name": "TextToVideoSDPipeline", "_diffusers_version": "0.42.1"}
+    for name, component in components.items():
+        component.save_pretrained(path / name)
+        index[name] = ["transformers" if "text" in name or "token" in name else "diffusers", type(component).__name__]
+    (path / "model_index.json").write_text(json.dumps(index))
+    (path / "README.md").write_text("---\nlicense: cc-by-nc-4.0\n---\n# tiny\n")
+    return path
+
+
+def test_a_text_to_video_backbone_gets_decoupled_graph_attention_and_keeps_its_weights(work):
+    backbone = tiny_text_to_video_folder(work / "t2v")
+    captioned = work / "captioned"
+    shutil.copytree(work / "data", captioned)
+    rows = [json.loads(line) for line in (captioned / "metadata.jsonl").read_text().splitlines()]
+    (captioned / "metadata.jsonl").write_text("".join(json.dumps({**r, "caption": "shapes"}) + "\n" for r in rows))
+
+    out = work / "t2v_run"
+    train(
+        "--pretrained_model_name_or_path", backbone, "--sg_encoder", work / "encoder",
+        *common(work, out, "--max_train_steps", 2, "--train_data_dir", captioned, "--caption_column", "caption"),
+    )  # fmt: skip
+
+    pipe = SceneGraphToVideoPipeline.from_pretrained(out)
+    assert pipe.unet.config.graph_mode == "decoupled" and pipe.text_encoder is not None
+    pipe.set_progress_bar_config(disable=True)
+    frames = pipe(scene_graph=GRAPHS[0], prompt="shapes", num_frames=4, num_inference_steps=2).frames
+    assert frames.shape == (1, 4, 16, 16, 3)
+    unet, base = weights(out, "unet"), weights(backbone, "unet")
+    assert_same(unet, base, base)  # every backbone weight frozen
+    assert "license: cc-by-nc-4.0" in (out / "README.md").read_text()  # the backbone's license carries over
+    to_v_graph = [k for k in unet if k.endswith("processor.to_v_graph.weight")]
+    assert to_v_graph and any(unet[k].abs().sum() > 0 for k in to_v_graph)  # zero-initialised, then trained
+
+
+def test_two_processes_under_torchrun(work):
+    out = work / "two_processes"
+    argv = [
+        "--pretrained_model_name_or_path", work / "pipe",
+        *common(work, out, "--max_train_steps", 2, "--checkpointing_steps", 2),
+    ]  # fmt: skip
+    if torch.cuda.is_available():
+        argv.append("--cpu")  # without CUDA the script must choose the CPU backend by itself: tested here
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(SCRIPT), *map(str, argv)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "num_processes=2 x 2 clips" in log  # a silent fall-back to one process fails here
+    assert (out / "checkpoint-2" / "trained_weights.safetensors").exists()
+    generate(out)
+
+
+def test_clip_shape_mismatches_fail_before_training_with_a_clear_message(work, tmp_path):
+    base = ["--pretrained_model_name_or_path", work / "pipe", *common(work, tmp_path / "out", "--max_train_steps", 1)]
+    with pytest.raises(ValueError, match=r"--resolution 24 does not fit the clips' 64x64 frames"):
+        train(*base, "--resolution", 24)
+    with pytest.raises(ValueError, match=r"--num_frames 8, but the clips have 4 frames after --frame_stride 1"):
+        train(*base, "--num_frames", 8)
+    with pytest.raises(ValueError, match="needs --sg_encoder"):
+        train(*base[2:], "--pretrained_model_name_or_path", tiny_text_to_video_folder(tmp_path / "t2v"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_unimplemented_dataset_formats_are_named(work, tmp_path):
+    with pytest.raises(NotImplementedError, match="vidor is not implemented yet.*implemented: metadata_jsonl"):
+        script.parse_args(["--unet_config", "{}", "--train_data_dir", str(work / "data"), "--dataset_format", "vidor"])
+
+
+# ----------------------------------------------------------------------------- the library pieces
+
+
+def test_graph_dropout_gives_null_contexts_at_the_requested_rate():
+    drop = sample_graph_dropout(20_000, 0.3, torch.Generator().manual_seed(0))
+    assert drop.dtype == torch.bool and abs(drop.float().mean().item() - 0.3) < 0.015
+    assert not sample_graph_dropout(100, 0.0).any() and sample_graph_dropout(100, 1.0).all()
+
+    unet, encoder = tiny_unet(), tiny_encoder()
+    graphs = collate_scene_graphs(GRAPHS * 2, sg_shapes_vocabulary())
+    num_frames = 4
+    drop = torch.tensor([True, False, False, True])
+    with torch.no_grad():
+        dropped = encode_graph_context(encoder, unet, graphs, num_frames, drop=drop)
+        kept = encode_graph_context(encoder, unet, graphs, num_frames)
+        null = unet.null_graph_context(1, 1)
+    states = dropped.hidden_states.view(4, num_frames, *dropped.hidden_states.shape[1:])
+    mask = dropped.mask.view(4, num_frames, -1)
+    for b in range(4):
+        if drop[b]:  # the null graph: only the null token is attended to
+            assert mask[b, :, :-1].sum() == 0 and mask[b, :, -1].all()
+            assert torch.equal(states[b, :, -1], null.hidden_states[0, -1].expand(num_frames, -1))
+        else:
+            rows = slice(b * num_frames, (b + 1) * num_frames)
+            assert torch.equal(dropped.hidden_states[rows], kept.hidden_states[rows])
+            assert torch.equal(dropped.mask[rows], kept.mask[rows]) and mask[b, :, :-1].any()
+    # GRAPHS[1]'s relation holds in frames 0 and 1 of 4 only: its tokens are per frame
+    assert mask[1, 0].sum() == mask[1, 3].sum() + 1 and not torch.equal(states[1, 0], states[1, 3])
+
+
+def test_min_snr_weighting():
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    timesteps = torch.tensor([5, 500, 990])
+    pred, target = torch.randn(3, 4, 2, 4, 4), torch.randn(3, 4, 2, 4, 4)
+    per_sample = ((pred - target) ** 2).mean(dim=(1, 2, 3, 4))
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+
+    assert torch.allclose(diffusion_loss(pred, target, timesteps, scheduler), per_sample.mean())
+    expected = (per_sample * torch.clamp(snr, max=5) / snr).mean()
+    assert torch.allclose(diffusion_loss(pred, target, timesteps, scheduler, snr_gamma=5), expected)
+    scheduler.register_to_config(prediction_type="v_prediction")
+    expected = (per_sample * torch.clamp(snr, max=5) / (snr + 1)).mean()
+    assert torch.allclose(diffusion_loss(pred, target, timesteps, scheduler, snr_gamma=5), expected)
+
+
+def test_videos_become_scaled_latents_frame_by_frame():
+    videos = torch.rand(2, 3, 3, 8, 8)
+    small = resize_videos(videos, 4)
+    assert torch.allclose(small[0, 1, 2, 0, 0], videos[0, 1, 2, :2, :2].mean())  # area average
+    with pytest.raises(ValueError, match="cannot be downsampled to 3x3"):
+        resize_videos(videos, 3)
+
+    vae = tiny_vae()
+    latents = encode_videos(vae, videos, torch.Generator().manual_seed(0))
+    assert latents.shape == (2, 4, 3, 4, 4)  # (B, C, F, h, w)
+    frames = videos.flatten(0, 1) * 2 - 1  # (B*F, 3, H, W) in [-1, 1]
+    with torch.no_grad():
+        expected = vae.encode(frames).latent_dist.sample(generator=torch.Generator().manual_seed(0))
+    expected = expected.view(2, 3, 4, 4, 4).permute(0, 2, 1, 3, 4) * vae.config.scaling_factor
+    torch.testing.assert_close(latents, expected)
+
+
+def test_trainable_parameters_graph_lora_unet_encoder():
+    unet, encoder = tiny_unet(), tiny_encoder()
+    names = [n for n, _ in set_trainable_parameters(unet, encoder)]
+    assert names and all(is_graph_weight(n.removeprefix("unet.")) for n in names)
+
+    targets = lora_target_modules(unet)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=targets))
+    names = [n for n, _ in set_trainable_parameters(unet, encoder, train_sg_encoder=True)]
+    assert any("lora_A" in n for n in names) and any(n == "unet.graph_local_proj.weight" for n in names)
+    assert not [n for n in names if "temp_attentions" in n or "base_layer" in n]
+    assert "sg_encoder.graph_projection.weight" in names and "sg_encoder.logit_scale" not in names
+
+    names = [n for n, _ in set_trainable_parameters(tiny_unet(), tiny_encoder(), train_unet=True)]
+    assert "unet.conv_in.weight" in names and len(names) == len(list(tiny_unet().parameters()))
+
+
+def test_epoch_batches_split_each_global_batch_between_processes_and_resume_in_place():
+    first = [next(iter(EpochBatches(8, 2, 2, rank, seed=0))) for rank in range(2)]
+    assert len(set(first[0]) | set(first[1])) == 4  # two halves of one global batch
+    uninterrupted = iter(EpochBatches(8, 2, 1, 0, seed=0))
+    batches = [next(uninterrupted) for _ in range(6)]  # 4 batches per epoch: crosses into epoch 1
+    resumed = iter(EpochBatches(8, 2, 1, 0, seed=0, start=3))
+    assert [next(resumed) for _ in range(3)] == batches[3:]
+    assert sorted(sum(batches[:4], [])) == list(range(8))  # an epoch visits every clip once
