@@ -19,7 +19,7 @@ from peft import LoraConfig
 from safetensors.torch import load_file
 from tiny_models import tiny_encoder, tiny_pipeline, tiny_text_encoder, tiny_unet, tiny_vae
 
-from sg2vid_diffusers import SceneGraphToVideoPipeline, collate_scene_graphs
+from sg2vid_diffusers import SceneGraphEncoder, SceneGraphToVideoPipeline, collate_scene_graphs
 from sg2vid_diffusers.conditioning import encode_graph_context
 from sg2vid_diffusers.data.sg_shapes import sg_shapes_vocabulary
 from sg2vid_diffusers.data.video_folder import make_sg_shapes_dataset
@@ -301,9 +301,36 @@ def test_clip_shape_mismatches_fail_before_training_with_a_clear_message(work, t
     assert not (tmp_path / "out").exists()
 
 
-def test_unimplemented_dataset_formats_are_named(work, tmp_path):
-    with pytest.raises(NotImplementedError, match="vidor is not implemented yet.*implemented: metadata_jsonl"):
-        script.parse_args(["--unet_config", "{}", "--train_data_dir", str(work / "data"), "--dataset_format", "vidor"])
+CORPORA = [  # format, fixture writer, folder, options the fixture needs
+    ("visual_genome_h5", "write_visual_genome", "vg", ["--num_frames", 2]),
+    ("coco_stuff", "write_coco_stuff", "coco", ["--num_frames", 2]),
+    ("action_genome", "write_action_genome", "ag", ["--num_frames", 2]),
+    ("vidvrd", "write_vidvrd", "vidvrd-dataset", ["--num_frames", 4]),
+    ("vidor", "write_vidor", "vidor-dataset", ["--num_frames", 4]),
+]
+
+
+@pytest.mark.parametrize("dataset_format, writer, folder, options", CORPORA)
+def test_a_few_steps_on_each_public_corpus_format(work, tmp_path, dataset_format, writer, folder, options):
+    import corpora_fixtures
+
+    from sg2vid_diffusers.data.corpora import build_vocabulary
+
+    data = getattr(corpora_fixtures, writer)(tmp_path / folder) or tmp_path / folder
+    vocab = build_vocabulary(dataset_format, data)
+    encoder = SceneGraphEncoder.from_vocab(vocab, embedding_dim=8, hidden_dim=8, output_dim=8, num_graph_layers=2)
+    encoder.save_pretrained(tmp_path / "encoder")
+    config = {k: v for k, v in tiny_unet().config.items() if not k.startswith("_")}
+    vae_config = json.dumps({k: v for k, v in tiny_vae().config.items() if not k.startswith("_")})
+    out = tmp_path / "out"
+    train(
+        "--unet_config", json.dumps(config), "--vae_config", vae_config, "--sg_encoder", tmp_path / "encoder",
+        "--dataset_format", dataset_format, "--train_data_dir", data, "--output_dir", out, "--resolution", 16,
+        "--train_batch_size", 1, "--max_train_steps", 2, "--lr_warmup_steps", 0, "--report_to", "none", *options,
+    )  # fmt: skip
+    pipe = SceneGraphToVideoPipeline.from_pretrained(out)
+    assert pipe.vocab == vocab
+    assert "2" in (out / "README.md").read_text()
 
 
 # ----------------------------------------------------------------------------- the library pieces

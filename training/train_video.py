@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from sg2vid_diffusers import SceneGraphEncoder, SceneGraphToVideoPipeline, SceneGraphUNet3DConditionModel
 from sg2vid_diffusers.conversion_t2v import load_t2v_as_sg2vid
+from sg2vid_diffusers.data.corpora import CORPUS_FORMATS, load_corpus
 from sg2vid_diffusers.data.video_folder import MetadataError
 from sg2vid_diffusers.models.unet_3d_graph import lora_target_modules
 from sg2vid_diffusers.pretraining import SceneGraphVideoDataset, collate_pretraining_examples
@@ -86,7 +87,6 @@ logger = get_logger(__name__, log_level="INFO")
 
 DATASET_FORMATS = ("metadata_jsonl",)
 # Readers for these corpora come with the public-data issue; the switch is ready for them.
-PLANNED_DATASET_FORMATS = ("visual_genome_h5", "coco_stuff", "action_genome", "vidvrd", "vidor")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"  # in checkpoint-N folders
 
@@ -128,9 +128,11 @@ def parse_args(argv=None):
     data.add_argument(
         "--dataset_format",
         default="metadata_jsonl",
-        choices=DATASET_FORMATS + PLANNED_DATASET_FORMATS,
-        help="metadata_jsonl (SG-Shapes folders are such folders). The others are not implemented yet.",
+        choices=DATASET_FORMATS + tuple(CORPUS_FORMATS),
+        help="metadata_jsonl (SG-Shapes folders are such folders), or a public corpus read from its "
+        "published files (docs/corpora.md).",
     )
+    data.add_argument("--split", default="train", help="The corpus split to train on (corpora only).")
     data.add_argument("--caption_column", default=None, help="A metadata field with each clip's caption (decoupled).")
     data.add_argument("--frame_stride", type=int, default=1, help="Keep every n-th frame of each clip.")
     data.add_argument("--num_frames", type=int, default=None, help="Frames per clip after the stride (checked).")
@@ -176,11 +178,6 @@ def parse_args(argv=None):
     train.add_argument("--hub_token", default=None)
 
     args = parser.parse_args(argv)
-    if args.dataset_format in PLANNED_DATASET_FORMATS:
-        raise NotImplementedError(
-            f"--dataset_format {args.dataset_format} is not implemented yet (planned: "
-            f"{', '.join(PLANNED_DATASET_FORMATS)}); implemented: {', '.join(DATASET_FORMATS)}"
-        )
     if (args.pretrained_model_name_or_path is None) == (args.unet_config is None):
         parser.error("give exactly one of --pretrained_model_name_or_path and --unet_config")
     if args.unet_config is not None:
@@ -286,10 +283,15 @@ def source_license(args):
 
 class CaptionedClips(Dataset):
     """(clip, caption) pairs: the clips of a SceneGraphVideoDataset and the metadata field
-    ``caption_column`` ("" without one)."""
+    ``caption_column`` ("" without one), or the clips of a corpus (captions "")."""
 
-    def __init__(self, clips: SceneGraphVideoDataset, caption_column=None):
+    def __init__(self, clips, caption_column=None):
         self.clips, self.captions = clips, []
+        if not hasattr(clips, "folder"):  # a corpus reader: graphs only
+            if caption_column:
+                raise ValueError(f"--caption_column needs a metadata_jsonl folder, not --dataset_format {type(clips).__name__}")
+            self.captions = [""] * len(clips)
+            return
         for record in clips.folder:
             caption = record.extra.get(caption_column, None) if caption_column else ""
             if not isinstance(caption, str):
@@ -439,7 +441,14 @@ def main(args):
     vocab = sg_encoder.vocab
 
     # Data before anything starts: a bad metadata line or validation graph fails here, with its place.
-    clips = SceneGraphVideoDataset(args.train_data_dir, vocab, frame_stride=args.frame_stride)
+    if args.dataset_format == "metadata_jsonl":
+        clips = SceneGraphVideoDataset(args.train_data_dir, vocab, frame_stride=args.frame_stride)
+    else:  # read at the training resolution; names the vocabulary lacks are dropped and reported
+        clips = load_corpus(
+            args.dataset_format, args.train_data_dir, split=args.split, vocab=vocab, num_frames=args.num_frames,
+            frame_stride=args.frame_stride, resolution=args.resolution,
+        )  # fmt: skip
+        logging.getLogger(__name__).info(f"{args.dataset_format}: {len(clips)} clips; {clips.report}")
     train_set = CaptionedClips(clips, args.caption_column)
     check_clip_shape(args, clips[0].frames, pipeline.vae_scale_factor)
     if args.unet_config is not None:  # a new UNet's default size (the pipeline's default) is the training size
