@@ -303,7 +303,7 @@ def run_script(args, processes=1):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     launcher = [sys.executable]
     if processes > 1:
-        launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     result = subprocess.run(
         [*launcher, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
     )
@@ -315,8 +315,8 @@ def run_script(args, processes=1):
 def full_run(folders, tmp_path_factory):
     """Six uninterrupted steps, checkpoints every 2, validation every 3, TensorBoard logs."""
     out = tmp_path_factory.mktemp("runs") / "full"
-    extra = ["--validation_data_dir", str(folders / "validation"), "--validation_steps", "3", "--report_to", "tensorboard"]
-    log = run_script(tiny_args(folders, out, *extra))
+    validation = ["--validation_data_dir", str(folders / "validation"), "--validation_steps", "3"]
+    log = run_script(tiny_args(folders, out, *validation, "--report_to", "tensorboard"))
     return out, log
 
 
@@ -344,7 +344,8 @@ def test_resume_continues_with_the_same_data_order_and_learning_rate(full_run, f
     (resumed / "checkpoint-6.tmp").mkdir()
     (resumed / "checkpoint-6.tmp" / "model.safetensors").write_bytes(b"half written")
 
-    log = run_script(tiny_args(folders, resumed, "--resume_from_checkpoint", "latest", "--checkpoints_total_limit", "1"))
+    resume = ["--resume_from_checkpoint", "latest", "--checkpoints_total_limit", "1"]
+    log = run_script(tiny_args(folders, resumed, *resume))
 
     assert "Resuming from" in log and "checkpoint-4" in log and "step 5:" in log
     for name in ("diffusion_pytorch_model.safetensors", "video_encoder/diffusion_pytorch_model.safetensors"):
