@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sg2vid_diffusers import SceneGraphEncoder, Vocabulary
+from sg2vid_diffusers.data.corpora import CORPUS_FORMATS, load_corpus
 from sg2vid_diffusers.data.sg_shapes import sg_shapes_vocabulary
 from sg2vid_diffusers.data.video_folder import SceneGraphVideoFolder
 from sg2vid_diffusers.pretraining import (
@@ -51,8 +52,6 @@ from sg2vid_diffusers.utils import atomic_write_text
 logger = get_logger(__name__, log_level="INFO")
 
 DATASET_FORMATS = ("sg_shapes", "metadata_jsonl")
-# Readers for these corpora come with the public-data issue; the switch is ready for them.
-PLANNED_DATASET_FORMATS = ("visual_genome_h5", "coco_stuff", "action_genome", "vidvrd", "vidor")
 
 
 def parse_args(argv=None):
@@ -63,11 +62,19 @@ def parse_args(argv=None):
     data.add_argument(
         "--dataset_format",
         default="sg_shapes",
-        choices=DATASET_FORMATS + PLANNED_DATASET_FORMATS,
+        choices=DATASET_FORMATS + tuple(CORPUS_FORMATS),
         help="sg_shapes: the SG-Shapes vocabulary; metadata_jsonl: the vocabulary of --vocab_file, "
-        "or of the folders' graphs. The others are not implemented yet.",
+        "or of the folders' graphs; or a public corpus read from its published files (docs/corpora.md: "
+        "the corpus's own vocabulary unless --vocab_file).",
     )
-    data.add_argument("--vocab_file", default=None, help="vocab.json (sg2im format), for metadata_jsonl.")
+    data.add_argument("--vocab_file", default=None, help="vocab.json (sg2im format), for metadata_jsonl or a corpus.")
+    data.add_argument("--split", default="train", help="Corpora: the training split.")
+    data.add_argument(
+        "--validation_split", default=None, help="Corpora: the held-out split (from --validation_data_dir, "
+        "default --train_data_dir), e.g. val or test."
+    )
+    data.add_argument("--num_frames", type=int, default=None, help="Corpora: frames per clip (1 for images, 8 for videos).")
+    data.add_argument("--resolution", type=int, default=224, help="Corpora: frames resized to this square size.")
     data.add_argument("--frame_stride", type=int, default=1, help="Keep every n-th frame of each clip.")
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
@@ -133,11 +140,6 @@ def parse_args(argv=None):
     train.add_argument("--hub_token", default=None)
 
     args = parser.parse_args(argv)
-    if args.dataset_format in PLANNED_DATASET_FORMATS:
-        raise NotImplementedError(
-            f"--dataset_format {args.dataset_format} is not implemented yet (planned: "
-            f"{', '.join(PLANNED_DATASET_FORMATS)}); implemented: {', '.join(DATASET_FORMATS)}"
-        )
     positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps")
     for name in (*positive, "validation_steps"):
         if getattr(args, name) < 1:
@@ -186,6 +188,31 @@ def load_vocabulary(args) -> Vocabulary:
             objects.update(record.scene_graph.object_names)
             predicates.update(rel.predicate for rel in record.scene_graph.relationships)
     return Vocabulary.from_names(sorted(objects), sorted(predicates))
+
+
+def load_datasets(args):
+    """(vocabulary, training set, validation set or None): metadata.jsonl folders, or a corpus."""
+    if args.dataset_format in DATASET_FORMATS:
+        vocab = load_vocabulary(args)
+        train_set = SceneGraphVideoDataset(args.train_data_dir, vocab, frame_stride=args.frame_stride)
+        validation_set = None
+        if args.validation_data_dir:
+            validation_set = SceneGraphVideoDataset(args.validation_data_dir, vocab, frame_stride=args.frame_stride)
+        return vocab, train_set, validation_set
+
+    def corpus(data_dir, split, vocab):
+        dataset = load_corpus(
+            args.dataset_format, data_dir, split=split, vocab=vocab, num_frames=args.num_frames,
+            frame_stride=args.frame_stride, resolution=args.resolution,
+        )  # fmt: skip
+        logging.getLogger(__name__).info(f"{args.dataset_format} {split}: {len(dataset)} clips; {dataset.report}")
+        return dataset
+
+    train_set = corpus(args.train_data_dir, args.split, Vocabulary.load(args.vocab_file) if args.vocab_file else None)
+    validation_set = None
+    if args.validation_split:
+        validation_set = corpus(args.validation_data_dir or args.train_data_dir, args.validation_split, train_set.vocab)
+    return train_set.vocab, train_set, validation_set
 
 
 # ----------------------------------------------------------------------------- validation
@@ -283,11 +310,7 @@ def write_model_card(args, output_dir, info):
 def main(args):
     output_dir = Path(args.output_dir)
     # Data first: a bad metadata line fails here, with its line number, before anything starts.
-    vocab = load_vocabulary(args)
-    train_set = SceneGraphVideoDataset(args.train_data_dir, vocab, frame_stride=args.frame_stride)
-    validation_set = None
-    if args.validation_data_dir:
-        validation_set = SceneGraphVideoDataset(args.validation_data_dir, vocab, frame_stride=args.frame_stride)
+    vocab, train_set, validation_set = load_datasets(args)
     num_frames = len(train_set[0].frames)
     collate = functools.partial(collate_pretraining_examples, vocab=vocab)
 
