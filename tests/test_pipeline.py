@@ -224,3 +224,37 @@ def test_offload_sequence_names_the_pipeline_models(pipe):
     if torch.cuda.is_available():  # pragma: no cover - GPU machines only
         pipe.enable_model_cpu_offload()
         assert _run(pipe).shape == (1, 4, 16, 16, 3)
+
+
+def test_save_writes_a_model_card_and_keeps_an_existing_one(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "a")
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "library_name: diffusers" in card and "SceneGraphToVideoPipeline" in card
+    assert "18 object categories" in card and "red square" in card
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "README.md").write_text("# trained by train_video.py\n")
+    pipe.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "README.md").read_text() == "# trained by train_video.py\n"
+
+
+def test_push_to_hub_uploads_the_folder_with_its_model_card(pipe, monkeypatch):
+    """The Hub itself is out of reach here: the two network calls are replaced by recorders."""
+    from types import SimpleNamespace
+
+    from sg2vid_diffusers.pipelines import pipeline_sg2vid
+
+    uploaded = {}
+    monkeypatch.setattr(pipeline_sg2vid, "create_repo", lambda repo_id, **kw: SimpleNamespace(repo_id=f"me/{repo_id}"))
+
+    def upload(folder, repo_id, **kwargs):
+        from pathlib import Path
+
+        uploaded.update(repo_id=repo_id, files=sorted(p.name for p in Path(folder).iterdir()),
+                        card=(Path(folder) / "README.md").read_text())  # fmt: skip
+        return "url"
+
+    monkeypatch.setattr(pipe, "_upload_folder", upload)
+    assert pipe.push_to_hub("my-sg2vid") == "url"
+    assert uploaded["repo_id"] == "me/my-sg2vid"
+    assert {"README.md", "model_index.json", "unet", "vae", "sg_encoder", "scheduler"} <= set(uploaded["files"])
+    assert "scene-graph-to-video" in uploaded["card"]

@@ -8,7 +8,10 @@ denoise with classifier-free guidance against the null graph, decode the frames.
 from __future__ import annotations
 
 import inspect
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -22,12 +25,14 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from einops import rearrange
+from huggingface_hub import create_repo
 
 from ..batching import collate_scene_graphs
 from ..conditioning import encode_graph_context
 from ..models.sg_encoder import SceneGraphEncoder
 from ..models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel
 from ..scene_graph import SceneGraph, parse_scene_graphs
+from ..utils import atomic_write_text
 
 __all__ = ["SceneGraphToVideoPipeline", "SceneGraphToVideoPipelineOutput"]
 
@@ -102,6 +107,78 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         from ..builtin import builtin_model_path
 
         return cls.from_pretrained(builtin_model_path(), **kwargs)
+
+    # ------------------------------------------------------------------ saving and sharing
+
+    def model_card(self) -> str:
+        """A model card for this pipeline: what it is, its vocabulary, how to use it."""
+        vocab = self.vocab
+        objects = vocab.object_names if vocab is not None else []
+        predicates = vocab.predicate_names if vocab is not None else []
+        unet = self.unet.config
+        size = unet.sample_size * self.vae_scale_factor
+        lines = [
+            "---",
+            "library_name: diffusers",
+            "pipeline_tag: text-to-video",
+            "tags:",
+            "- sg2vid-diffusers",
+            "- scene-graph-to-video",
+            "- diffusers",
+            "---",
+            "",
+            "# Scene graph to video (sg2vid-diffusers)",
+            "",
+            "A `SceneGraphToVideoPipeline`: it generates videos that obey a scene graph (objects and",
+            "relationships, optionally with time spans). SGDiff's method carried to video on diffusers'",
+            f"`UNet3DConditionModel` ({unet.graph_mode.replace('_', '-')} graph attention, "
+            f"{'with' if self.text_encoder is not None else 'without'} a text encoder), {size} x {size} frames.",
+            "",
+            f"Vocabulary: {len(objects)} object categories ({', '.join(objects[:8])}{', ...' if len(objects) > 8 else ''}),",
+            f"{len(predicates)} predicates ({', '.join(predicates[:8])}{', ...' if len(predicates) > 8 else ''}).",
+            "",
+            "```python",
+            "import torch",
+            "import sg2vid_diffusers",
+            "from sg2vid_diffusers import SceneGraphToVideoPipeline",
+            "",
+            'pipe = SceneGraphToVideoPipeline.from_pretrained("REPO_OR_FOLDER")',
+        ]
+        if len(objects) >= 2 and predicates:
+            lines.append(
+                f'graph = {{"objects": ["{objects[0]}", "{objects[1]}"], "relationships": [[0, "{predicates[0]}", 1]]}}'
+            )
+        else:
+            lines.append('graph = {"objects": [...], "relationships": [...]}')
+        lines += [
+            "video = pipe(scene_graph=graph, generator=torch.Generator().manual_seed(0)).frames[0]",
+            "```",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """Save as diffusers does, plus a ``README.md`` model card when the folder has none (a training
+        script's card is kept). With ``push_to_hub`` (``repo_id``, ``token``, ``private``,
+        ``commit_message``, ``create_pr``), the folder, card included, is uploaded."""
+        hub = {key: kwargs.pop(key) for key in ("repo_id", "token", "private", "commit_message", "create_pr") if key in kwargs}
+        super().save_pretrained(save_directory, push_to_hub=False, **kwargs)
+        card = Path(save_directory) / "README.md"
+        if not card.exists():
+            atomic_write_text(card, self.model_card())
+        if push_to_hub:
+            self._push_folder(save_directory, hub.pop("repo_id", Path(save_directory).name), **hub)
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, create_pr: bool = False, **save_kwargs) -> str:  # fmt: skip
+        """Upload the pipeline, with its model card, to the Hub repository ``repo_id``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, **save_kwargs)
+            return self._push_folder(tmp, repo_id, commit_message=commit_message, private=private, token=token,
+                                     create_pr=create_pr)  # fmt: skip
+
+    def _push_folder(self, folder, repo_id, commit_message=None, private=None, token=None, create_pr=False):
+        repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+        return self._upload_folder(folder, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
 
     # ------------------------------------------------------------------ switches
 
