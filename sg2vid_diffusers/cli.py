@@ -129,6 +129,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="videos generated together (.jsonl)")
     p.add_argument("--preview", type=Path, help="also draw the graph beside a strip of frames (PNG), with --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
+    p.add_argument("--drop-graph", action="store_true", help="condition on the null graph (what the model does without the graph)")
     p.set_defaults(func=_generate)
 
 
@@ -175,6 +176,7 @@ def _generate(args: argparse.Namespace) -> int:
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,
             generator=generators,
+            drop_graph=args.drop_graph,
         ).frames
         return [(video * 255).round().astype("uint8") for video in frames]
 

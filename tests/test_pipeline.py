@@ -258,3 +258,12 @@ def test_push_to_hub_uploads_the_folder_with_its_model_card(pipe, monkeypatch):
     assert uploaded["repo_id"] == "me/my-sg2vid"
     assert {"README.md", "model_index.json", "unet", "vae", "sg_encoder", "scheduler"} <= set(uploaded["files"])
     assert "scene-graph-to-video" in uploaded["card"]
+
+
+def test_drop_graph_generates_from_the_null_graph(pipe):
+    dropped_a = _run(pipe, STATIC, drop_graph=True)
+    dropped_b = _run(pipe, {"objects": ["green triangle"]}, drop_graph=True)
+    assert (dropped_a == dropped_b).all()  # the graph no longer matters
+    assert not (dropped_a == _run(pipe, STATIC)).all()
+    with pytest.raises(SceneGraphError):
+        pipe(scene_graph={"objects": ["purple circle"]}, drop_graph=True, **KW)

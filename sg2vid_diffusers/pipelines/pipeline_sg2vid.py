@@ -106,6 +106,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         """The SG-Shapes model that ships inside the package (offline, a few MB)."""
         from ..builtin import builtin_model_path
 
+        kwargs.setdefault("dtype", torch.float32)  # shipped in fp16 to stay small; computed in fp32
         return cls.from_pretrained(builtin_model_path(), **kwargs)
 
     # ------------------------------------------------------------------ saving and sharing
@@ -340,6 +341,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         cross_attention_kwargs: dict[str, Any] | None = None,
+        drop_graph: bool = False,
     ) -> SceneGraphToVideoPipelineOutput | tuple:
         r"""Generate one video per scene graph.
 
@@ -363,6 +365,8 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                 step; may return a dict that replaces tensors named in ``callback_kwargs``.
             callback_on_step_end_tensor_inputs: which tensors the callback receives (``["latents"]``).
             cross_attention_kwargs: extra arguments for the attention processors.
+            drop_graph: condition on the null graph instead (the graphs are still validated): the
+                model's unconditional videos, to measure what the graph buys. No guidance then.
 
         Returns:
             :class:`SceneGraphToVideoPipelineOutput` (``frames``) or ``(frames,)``.
@@ -378,12 +382,15 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             scene_graph, prompt, negative_prompt, num_frames, height, width, num_inference_steps,
             output_type, latents, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
-        self._guidance_scale = guidance_scale
+        self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
         device = self._execution_device
 
         # 2. Conditioning: graph context (once for all steps), null graph, text.
-        graph_context = self.encode_scene_graph(graphs, num_frames, device)
+        if drop_graph:
+            graph_context = self.unet.null_graph_context(batch_size, num_frames)
+        else:
+            graph_context = self.encode_scene_graph(graphs, num_frames, device)
         text_states = None
         if self.text_encoder is not None and self.tokenizer is not None:
             text_states = self.encode_prompt(prompt if prompt is not None else "", batch_size, device)

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""The recipe of the built-in SG-Shapes model, stage by stage, resumable.
+
+    python training/build_builtin_model.py --work_dir runs/builtin            # everything
+    python training/build_builtin_model.py --work_dir runs/builtin --stages vae video
+    python training/build_builtin_model.py --work_dir runs/smoke --preset smoke  # minutes, for tests
+
+Stages (each skipped when its output exists; each training stage resumes from its last checkpoint
+after an interruption, so rerunning the same command continues where it stopped):
+
+1. ``data``: SG-Shapes train / validation / test folders (``sg2vid make-dataset``);
+2. ``encoder``: the scene-graph encoder (``train_sg_encoder.py``, masked contrastive pretraining);
+3. ``vae``: the frame autoencoder (``train_vae.py``; its reconstructions are scored by conformance);
+4. ``video``: the graph-only UNet from scratch (``train_video.py``);
+5. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder),
+   at most 20 MB;
+6. ``evaluate``: 200 test graphs generated with default settings and scored (``sg2vid evaluate``),
+   beside the ground-truth clips and the same model on the null graph; written to
+   ``WORK/evaluation.json`` and printed as a table.
+
+Each stage is a plain command (printed before it runs), so a stage can be run or changed by hand.
+``--launcher accelerate`` runs the training scripts through ``accelerate launch`` (GPUs).
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("data", "encoder", "vae", "video", "export", "evaluate")
+MAX_EXPORT_BYTES = 20 * 1024 * 1024
+
+# Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
+# 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
+PRESETS = {
+    "builtin": {
+        "num_frames": 16,
+        "train_clips": 8000,
+        "validation_clips": 200,
+        "test_clips": 200,
+        "encoder": ["--encoder_config", "embedding_dim=128", "hidden_dim=128", "output_dim=128", "num_graph_layers=4",
+                    "max_local_triples=20", "--video_encoder_config", "width=32", "num_blocks=1",
+                    "--head_num_heads", "4", "--train_batch_size", "64", "--learning_rate", "1e-3",
+                    "--lr_warmup_steps", "200", "--max_train_steps", "3000", "--validation_steps", "500"],
+        "vae": ["--vae_config", '{"block_out_channels": [32, 64, 64], "latent_channels": 4, "norm_num_groups": 16}',
+                "--train_batch_size", "64", "--learning_rate", "1e-3", "--max_train_steps", "6000",
+                "--validation_steps", "1000"],
+        "unet": {"block_out_channels": [64, 128, 128], "layers_per_block": 1, "norm_num_groups": 16,
+                 "cross_attention_dim": 128, "attention_head_dim": 16,
+                 "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+                 "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"]},
+        "video": ["--train_batch_size", "16", "--learning_rate", "3e-4", "--lr_warmup_steps", "500",
+                  "--max_train_steps", "30000", "--use_ema", "--ema_decay", "0.999", "--snr_gamma", "5",
+                  "--graph_dropout", "0.1", "--prediction_type", "v_prediction", "--validation_steps", "2000"],
+        "checkpointing_steps": "500",
+    },
+    "smoke": {
+        "num_frames": 4,
+        "train_clips": 16,
+        "validation_clips": 4,
+        "test_clips": 4,
+        "encoder": ["--encoder_config", "embedding_dim=16", "hidden_dim=16", "output_dim=16", "num_graph_layers=2",
+                    "--video_encoder_config", "width=16", "num_blocks=1", "norm_groups=4", "--head_num_heads", "2",
+                    "--train_batch_size", "4", "--max_train_steps", "2", "--lr_warmup_steps", "0"],
+        "vae": ["--vae_config", '{"block_out_channels": [8, 8], "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"], '
+                '"up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"], "norm_num_groups": 4}',
+                "--train_batch_size", "8", "--max_train_steps", "2", "--lr_warmup_steps", "0"],
+        "unet": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 4,
+                 "cross_attention_dim": 16, "attention_head_dim": 4,
+                 "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+                 "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"]},
+        "video": ["--train_batch_size", "2", "--max_train_steps", "2", "--lr_warmup_steps", "0", "--resolution", "32",
+                  "--num_validation_inference_steps", "2"],
+        "checkpointing_steps": "1",
+        "inference": ["--num-inference-steps", "2"],
+    },
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work_dir", required=True, type=Path, help="data, runs and results go here")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="builtin")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--export_dir", type=Path, default=ROOT / "sg2vid_diffusers" / "builtin" / "sg-shapes")
+    p.add_argument("--launcher", choices=["python", "accelerate"], default="python")
+    p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def run(command: list[str]) -> None:
+    print("+ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def sg2vid(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sg2vid_diffusers.cli", *args]
+
+
+def training_script(args, name: str) -> list[str]:
+    script = str(ROOT / "training" / name)
+    if args.launcher == "accelerate":
+        return ["accelerate", "launch", "--mixed_precision", args.mixed_precision, script]
+    return [sys.executable, script]
+
+
+def stage_data(args, preset, work: Path) -> None:
+    for split, count in (("train", preset["train_clips"]), ("validation", preset["validation_clips"]),
+                         ("test", preset["test_clips"])):  # fmt: skip
+        folder = work / "data" / split
+        if not (folder / "metadata.jsonl").is_file():
+            run(sg2vid("make-dataset", "--output", str(folder), "--split", split, "--num-clips", str(count),
+                       "--num-frames", str(preset["num_frames"]), "--format", "npy", "--seed", str(args.seed)))  # fmt: skip
+
+
+def stage_encoder(args, preset, work: Path) -> None:
+    out = work / "encoder"
+    if (out / "config.json").is_file():
+        return
+    run(training_script(args, "train_sg_encoder.py") + [
+        "--train_data_dir", str(work / "data" / "train"), "--validation_data_dir", str(work / "data" / "validation"),
+        "--output_dir", str(out), "--checkpointing_steps", preset["checkpointing_steps"],
+        "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
+        "--seed", str(args.seed), *preset["encoder"],
+    ])  # fmt: skip
+
+
+def stage_vae(args, preset, work: Path) -> None:
+    out = work / "vae"
+    if (out / "config.json").is_file():
+        return
+    run(training_script(args, "train_vae.py") + [
+        "--train_data_dir", str(work / "data" / "train"), "--validation_data_dir", str(work / "data" / "validation"),
+        "--output_dir", str(out), "--checkpointing_steps", preset["checkpointing_steps"],
+        "--resume_from_checkpoint", "latest", "--seed", str(args.seed), *preset["vae"],
+    ])  # fmt: skip
+
+
+def stage_video(args, preset, work: Path) -> None:
+    out = work / "video"
+    if (out / "model_index.json").is_file():
+        return
+    unet_config = work / "unet_config.json"
+    unet_config.write_text(json.dumps(preset["unet"], indent=1))
+    graphs = work / "validation_graphs.jsonl"
+    rows = [json.loads(line)["scene_graph"] for line in (work / "data" / "test" / "metadata.jsonl").read_text().splitlines()[:4]]
+    graphs.write_text("".join(json.dumps(g) + "\n" for g in rows))
+    run(training_script(args, "train_video.py") + [
+        "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
+        "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
+        "--validation_graphs", str(graphs), "--checkpointing_steps", preset["checkpointing_steps"],
+        "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
+        "--seed", str(args.seed), *preset["video"],
+    ])  # fmt: skip
+
+
+def stage_export(args, preset, work: Path) -> None:
+    import torch
+
+    from sg2vid_diffusers import SceneGraphToVideoPipeline
+
+    pipe = SceneGraphToVideoPipeline.from_pretrained(work / "video")
+    pipe.to(torch.float16)
+    args.export_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=args.export_dir.parent) as tmp:
+        folder = Path(tmp) / "pipeline"
+        pipe.save_pretrained(folder)
+        card = work / "video" / "README.md"
+        if card.is_file():
+            shutil.copy(card, folder / "README.md")
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        if size > MAX_EXPORT_BYTES:
+            raise SystemExit(f"the exported pipeline is {size / 2**20:.1f} MB, over the {MAX_EXPORT_BYTES / 2**20:.0f} MB limit")
+        if args.export_dir.exists():
+            shutil.rmtree(args.export_dir)
+        folder.rename(args.export_dir)
+    print(f"exported {size / 2**20:.1f} MB to {args.export_dir}")
+
+
+def stage_evaluate(args, preset, work: Path) -> None:
+    test = work / "data" / "test"
+    graphs = work / "test_graphs.jsonl"
+    graphs.write_text("".join(json.dumps(json.loads(line)["scene_graph"]) + "\n"
+                              for line in (test / "metadata.jsonl").read_text().splitlines()))  # fmt: skip
+    common = ["--scene-graph", str(graphs), "--model", str(args.export_dir), "--num-frames", str(preset["num_frames"]),
+              "--overwrite", *preset.get("inference", [])]  # fmt: skip
+    run(sg2vid("generate", "--output-dir", str(work / "generated"), *common))
+    run(sg2vid("generate", "--output-dir", str(work / "generated_null_graph"), "--drop-graph", *common))
+    rows = {}
+    for name, folder in (("ground truth", test), ("built-in model", work / "generated"),
+                         ("null graph", work / "generated_null_graph")):  # fmt: skip
+        result = subprocess.run(sg2vid("evaluate", "--data", str(folder), "--json"), check=True, cwd=ROOT,
+                                capture_output=True, text=True)  # fmt: skip
+        rows[name] = json.loads(result.stdout)
+    (work / "evaluation.json").write_text(json.dumps(rows, indent=1))
+    keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
+            "spurious_per_video"]  # fmt: skip
+    print("| clips | " + " | ".join(keys) + " |")
+    for name, row in rows.items():
+        cells = ["n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES:
+        if stage in args.stages:
+            start = time.time()
+            print(f"== {stage}", flush=True)
+            globals()[f"stage_{stage}"](args, preset, args.work_dir)
+            print(f"== {stage} done in {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
