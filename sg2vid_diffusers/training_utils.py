@@ -312,3 +312,22 @@ def find_resume_checkpoint(resume_from_checkpoint: str, output_dir: str | os.Pat
     if not path.exists():
         path = Path(output_dir) / path.name
     return path if path.exists() else None
+
+
+# ----------------------------------------------------------------------------- sharing
+
+
+def push_output_to_hub(output_dir: str | os.PathLike, hub_model_id: str | None, token: str | None, logging_dir: str) -> str:
+    """Upload a training run's output folder (checkpoints and logs left out) to the Hub, creating the
+    repository (``hub_model_id``, default: the folder's name) when needed. Returns the repo id."""
+    from huggingface_hub import create_repo, upload_folder
+
+    repo_id = create_repo(hub_model_id or Path(output_dir).name, exist_ok=True, token=token).repo_id
+    upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        commit_message="End of training",
+        ignore_patterns=["checkpoint-*", f"{logging_dir}/*"],
+        token=token,
+    )
+    return repo_id

@@ -41,6 +41,7 @@ from sg2vid_diffusers.pretraining import (
     retrieval_recall,
 )
 from sg2vid_diffusers.training_utils import (
+    push_output_to_hub,
     CHECKPOINT_PATTERN,
     EpochBatches,
     find_resume_checkpoint,
@@ -494,15 +495,7 @@ def main(args):
         write_model_card(args, output_dir, info)
         logger.info(f"Saved the encoder to {output_dir}")
         if args.push_to_hub:
-            from huggingface_hub import upload_folder
-
-            upload_folder(
-                repo_id=args.hub_model_id,
-                folder_path=output_dir,
-                commit_message="End of training",
-                ignore_patterns=["checkpoint-*", f"{args.logging_dir}/*"],
-                token=args.hub_token,
-            )
+            push_output_to_hub(output_dir, args.hub_model_id, args.hub_token, args.logging_dir)
     accelerator.end_training()
 
 

@@ -67,6 +67,7 @@ from sg2vid_diffusers.models.unet_3d_graph import lora_target_modules
 from sg2vid_diffusers.pretraining import SceneGraphVideoDataset, collate_pretraining_examples
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from sg2vid_diffusers.training_utils import (
+    push_output_to_hub,
     CHECKPOINT_PATTERN,
     EpochBatches,
     GraphConditionedDenoiser,
@@ -687,15 +688,7 @@ def main(args):
         write_model_card(args, info)
         logger.info(f"Saved the pipeline to {output_dir} (wall time {info['wall_time']})")
         if args.push_to_hub:
-            from huggingface_hub import upload_folder
-
-            upload_folder(
-                repo_id=args.hub_model_id,
-                folder_path=output_dir,
-                commit_message="End of training",
-                ignore_patterns=["checkpoint-*", f"{args.logging_dir}/*"],
-                token=args.hub_token,
-            )
+            push_output_to_hub(output_dir, args.hub_model_id, args.hub_token, args.logging_dir)
     accelerator.end_training()
 
 
