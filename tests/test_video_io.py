@@ -305,3 +305,16 @@ def test_successful_write_leaves_only_the_file(tmp_path):
         write_video(tmp_path / f"clip{extension}", palette_clip(num_frames=2))
     assert folder_listing(tmp_path) == ["clip.gif", "clip.mp4", "clip.npy"]
     assert all(os.path.getsize(tmp_path / name) > 0 for name in folder_listing(tmp_path))
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from sg2vid_diffusers.video_io import write_video
+
+    path = tmp_path / "v.npy"
+    write_video(path, np.zeros((2, 4, 4, 3), dtype=np.uint8))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
