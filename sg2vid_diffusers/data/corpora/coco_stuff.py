@@ -36,13 +36,12 @@ import numpy as np
 
 from ...vocabulary import IMAGE_OBJECT, IN_IMAGE_PREDICATE, Vocabulary
 from .common import (
-    CorpusDataset,
     CorpusError,
+    StillImageCorpus,
     TemporalRelation,
     VideoAnnotation,
     get_box,
     get_field,
-    load_image,
     load_json,
     xywh_to_fractions,
 )
@@ -130,7 +129,7 @@ def _sg2im_vocabulary(files: Sequence[tuple[Path, dict[int, str]]]) -> Vocabular
     return Vocabulary(idx_to_name, predicates, name_to_idx, {p: i for i, p in enumerate(predicates)})
 
 
-class CocoStuff(CorpusDataset):
+class CocoStuff(StillImageCorpus):
     """COCO-Stuff images with sg2im's geometric scene graphs (see the module docstring).
 
     Args:
@@ -296,20 +295,7 @@ class CocoStuff(CorpusDataset):
             if predicate is not None:
                 relations.append(TemporalRelation(s, predicate, o, 0, 1))
 
-        return VideoAnnotation(
-            key=key,
-            source=image_path,
-            frame_ids=[0],
-            frame_numbers=[0],
-            object_names=names,
-            boxes=np.asarray(boxes, dtype=np.float64).reshape(1, len(names), 4),
-            relations=relations,
-            still=True,
-            unknown_objects=unknown,
-            unknown_predicates=unknown_predicates,
-            dropped=dropped,
-        )
-
-    def read_frames(self, annotation: VideoAnnotation, positions: Sequence[int]) -> np.ndarray:
-        image = load_image(annotation.source, self.resolution)
-        return np.repeat(image[None], len(positions), axis=0)
+        return self.still_annotation(
+            key, image_path, names, boxes, relations,
+            unknown_objects=unknown, unknown_predicates=unknown_predicates, dropped=dropped,
+        )  # fmt: skip

@@ -731,3 +731,26 @@ class CorpusDataset(torch.utils.data.Dataset):
             f"{type(self).__name__}({str(self.data_dir)!r}, split={self.split!r}, num_frames={self.num_frames}, "
             f"frame_stride={self.frame_stride}, resolution={self.resolution})"
         )
+
+
+class StillImageCorpus(CorpusDataset):
+    """A corpus of images: each is a still clip (its one frame repeated)."""
+
+    @staticmethod
+    def still_annotation(key: str, image_path: Path, names, boxes, relations, **counts) -> VideoAnnotation:
+        """The annotation of one image: one frame, boxes (n, 4) as fractions, relations over it."""
+        return VideoAnnotation(
+            key=key,
+            source=image_path,
+            frame_ids=[0],
+            frame_numbers=[0],
+            object_names=names,
+            boxes=np.asarray(boxes, dtype=np.float64).reshape(1, len(names), 4),
+            relations=relations,
+            still=True,
+            **counts,
+        )
+
+    def read_frames(self, annotation: VideoAnnotation, positions: Sequence[int]) -> np.ndarray:
+        image = load_image(annotation.source, self.resolution)
+        return np.repeat(image[None], len(positions), axis=0)

@@ -34,12 +34,11 @@ import numpy as np
 
 from ...vocabulary import VOCAB_NAME, Vocabulary
 from .common import (
-    CorpusDataset,
     CorpusError,
+    StillImageCorpus,
     TemporalRelation,
     VideoAnnotation,
     image_size,
-    load_image,
     xywh_to_fractions,
 )
 
@@ -130,7 +129,7 @@ def _check_shapes(path: Path, data: dict[str, np.ndarray]) -> None:
             )
 
 
-class VisualGenomeH5(CorpusDataset):
+class VisualGenomeH5(StillImageCorpus):
     """Visual Genome scene graphs from sg2im's ``SPLIT.h5`` + ``vocab.json`` (see the module docstring).
 
     Args:
@@ -262,20 +261,7 @@ class VisualGenomeH5(CorpusDataset):
                 continue
             relations.append(TemporalRelation(new_position[s], predicate, new_position[o], 0, 1))
 
-        return VideoAnnotation(
-            key=key,
-            source=image_path,
-            frame_ids=[0],
-            frame_numbers=[0],
-            object_names=names,
-            boxes=np.asarray(boxes, dtype=np.float64).reshape(1, len(names), 4),
-            relations=relations,
-            still=True,
-            unknown_objects=unknown_objects,
-            unknown_predicates=unknown_predicates,
-            dropped=dropped,
-        )
-
-    def read_frames(self, annotation: VideoAnnotation, positions: Sequence[int]) -> np.ndarray:
-        image = load_image(annotation.source, self.resolution)
-        return np.repeat(image[None], len(positions), axis=0)
+        return self.still_annotation(
+            key, image_path, names, boxes, relations,
+            unknown_objects=unknown_objects, unknown_predicates=unknown_predicates, dropped=dropped,
+        )  # fmt: skip
