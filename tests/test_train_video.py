@@ -420,3 +420,32 @@ def test_epoch_batches_split_each_global_batch_between_processes_and_resume_in_p
     resumed = iter(EpochBatches(8, 2, 1, 0, seed=0, start=3))
     assert [next(resumed) for _ in range(3)] == batches[3:]
     assert sorted(sum(batches[:4], [])) == list(range(8))  # an epoch visits every clip once
+
+
+def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):
+    out = work / "cached_run"
+    config = {k: v for k, v in tiny_unet().config.items() if not k.startswith("_")}
+    vae = tiny_vae()
+    vae.save_pretrained(work / "cache_vae")
+    run = ["--unet_config", json.dumps(config), "--vae", work / "cache_vae", "--sg_encoder", work / "encoder",
+           "--cache_latents"]  # fmt: skip
+    train(*run, *common(work, out, "--max_train_steps", 2))
+    generate(out)
+
+    cache = load_file(out / "latent_cache.safetensors")
+    first = json.loads((work / "data" / "metadata.jsonl").read_text().splitlines()[0])
+    clip = np.load(work / "data" / first["file_name"])
+    videos = resize_videos(torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float() / 255, 16)
+    with torch.no_grad():
+        dist = vae.encode(videos[0] * 2 - 1).latent_dist
+    side = 16 // 2 ** (len(vae.config.block_out_channels) - 1)
+    assert cache["mean"].shape == (8, vae.config.latent_channels, 4, side, side)  # clips, C, F, h, w
+    torch.testing.assert_close(cache["mean"][0].transpose(0, 1), dist.mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cache["std"][0].transpose(0, 1), dist.std, rtol=1e-4, atol=1e-5)
+
+    stamp = (out / "latent_cache.safetensors").stat().st_mtime_ns
+    train(*run, *common(work, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest"))
+    assert (out / "latent_cache.safetensors").stat().st_mtime_ns == stamp  # same VAE and data: reused
+    tiny_vae(seed=5).save_pretrained(work / "cache_vae")  # another VAE: the cache is made again
+    train(*run, *common(work, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
+    assert (out / "latent_cache.safetensors").stat().st_mtime_ns != stamp

@@ -10,7 +10,8 @@ The pipeline decodes every frame of a video with this VAE (``SceneGraphToVideoPi
 so the diffusion model can only be as good as its reconstructions. Validation reconstructs the
 validation clips and, when their graphs are SG-Shapes graphs, scores the reconstructions with the
 conformance metric (``sg2vid evaluate``'s figures): they should score near 1.0 before a UNet is
-trained on top. The loss is MSE on pixels in [-1, 1] plus ``--kl_weight`` x KL.
+trained on top. The loss is MSE (or, with ``--reconstruction_loss l1``, L1, which keeps edges sharper
+on flat-colored frames) on pixels in [-1, 1] plus ``--kl_weight`` x KL.
 
 The output folder is ``AutoencoderKL.save_pretrained`` with ``scaling_factor`` set to 1 / (the
 latents' standard deviation on the training frames), as latent diffusion expects, plus a model card.
@@ -69,6 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--lr_warmup_steps", type=int, default=100)
     p.add_argument("--max_train_steps", type=int, default=2000)
     p.add_argument("--kl_weight", type=float, default=1e-6)
+    p.add_argument("--reconstruction_loss", choices=["mse", "l1"], default="mse", help="pixel loss (mse is logged either way)")
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--checkpoints_total_limit", type=int, default=2)
@@ -76,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--validation_steps", type=int, default=500)
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report_to", default=None)
+    p.add_argument("--report_to", default=None, help="tensorboard, wandb, all or none (the default)")
     args = p.parse_args(argv)
     for name in ("train_batch_size", "max_train_steps", "checkpointing_steps", "validation_steps"):
         if getattr(args, name) < 1:
@@ -147,7 +149,7 @@ def main(argv=None):
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
-        log_with=args.report_to,
+        log_with=None if args.report_to in (None, "none") else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -163,7 +165,8 @@ def main(argv=None):
     else:
         config = dict(DEFAULT_VAE_CONFIG)
         if args.vae_config:
-            text = Path(args.vae_config).read_text() if Path(args.vae_config).is_file() else args.vae_config
+            # JSON text, or a file of it (a long JSON text is no valid path: test the text first)
+            text = args.vae_config if args.vae_config.lstrip().startswith("{") else Path(args.vae_config).read_text()
             config.update(json.loads(text))
         config["sample_size"] = int(train_frames.shape[-1])
         vae = AutoencoderKL(**config)
@@ -211,7 +214,8 @@ def main(argv=None):
         with accelerator.autocast():
             recon, kl = autoencode(x, noise.to(accelerator.device))
             mse = F.mse_loss(recon.float(), x)
-            loss = mse + args.kl_weight * kl
+            pixel = mse if args.reconstruction_loss == "mse" else F.l1_loss(recon.float(), x)
+            loss = pixel + args.kl_weight * kl
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(autoencode.parameters(), args.max_grad_norm)
         optimizer.step()
@@ -249,7 +253,7 @@ def main(argv=None):
             "",
             f"- data: `{args.train_data_dir}` ({len(train_frames)} frames)",
             f"- steps: {args.max_train_steps} (batch {args.train_batch_size} frames x {accelerator.num_processes} processes),"
-            f" lr {args.learning_rate}, KL weight {args.kl_weight}",
+            f" lr {args.learning_rate}, {args.reconstruction_loss} loss, KL weight {args.kl_weight}",
             f"- wall time of this run: {minutes:.1f} min",
             f"- scaling_factor: {1.0 / std:.4f}",
         ]

@@ -38,6 +38,7 @@ CUDA the script joins them through the CPU backend; ``accelerate launch --cpu`` 
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -65,6 +67,7 @@ from sg2vid_diffusers.data.corpora import CORPUS_FORMATS, load_corpus
 from sg2vid_diffusers.data.video_folder import MetadataError
 from sg2vid_diffusers.models.unet_3d_graph import lora_target_modules
 from sg2vid_diffusers.pretraining import SceneGraphVideoDataset, collate_pretraining_examples
+from sg2vid_diffusers.batching import collate_scene_graphs
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from sg2vid_diffusers.training_utils import (
     push_output_to_hub,
@@ -123,6 +126,13 @@ def parse_args(argv=None):
     model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the trained weights and save it.")
     model.add_argument("--ema_decay", type=float, default=0.9999)
     model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument(
+        "--cache_latents",
+        action="store_true",
+        help="Encode every training clip once (the frozen VAE's latent mean and std, kept in memory and in "
+        "OUTPUT_DIR/latent_cache.safetensors for resumed runs) and draw each step's latents from them: "
+        "the VAE then costs nothing per step.",
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument("--train_data_dir", required=True, help="A metadata.jsonl folder (e.g. `sg2vid make-dataset`).")
@@ -310,6 +320,89 @@ class CaptionedClips(Dataset):
 def collate(items, vocab):
     examples, captions = zip(*items)
     return collate_pretraining_examples(examples, vocab), list(captions)
+
+
+LATENT_CACHE_NAME = "latent_cache.safetensors"
+
+
+class CachedLatentBatch:
+    """What the training loop reads of a batch when the latents are cached: their distribution
+    (mean, std; (B, C, F, h, w), unscaled) and the collated graphs."""
+
+    def __init__(self, mean, std, graphs):
+        self.mean, self.std, self.graphs = mean, std, graphs
+
+    def to(self, device):
+        return CachedLatentBatch(self.mean.to(device), self.std.to(device), self.graphs.to(device))
+
+
+class CachedLatentClips(Dataset):
+    """(latent mean, latent std, scene graph, caption) of each training clip."""
+
+    def __init__(self, mean, std, graphs, captions):
+        self.mean, self.std, self.graphs, self.captions = mean, std, graphs, captions
+
+    def __len__(self):
+        return len(self.graphs)
+
+    def __getitem__(self, index):
+        return self.mean[index], self.std[index], self.graphs[index], self.captions[index]
+
+
+def collate_cached(items, vocab):
+    means, stds, graphs, captions = zip(*items)
+    batch = CachedLatentBatch(torch.stack(means), torch.stack(stds), collate_scene_graphs(list(graphs), vocab))
+    return batch, list(captions)
+
+
+@torch.no_grad()
+def cache_latents(train_set, vae, args, accelerator, vocab):
+    """The latent distribution of every training clip under the frozen VAE, computed once (on the main
+    process, in batches, with a progress bar) and stored in OUTPUT_DIR/latent_cache.safetensors; a run
+    that finds a cache made from the same VAE and data reuses it."""
+    path = Path(args.output_dir) / LATENT_CACHE_NAME
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    key = json.dumps(
+        {"vae": dict(vae.config), "weights": digest.hexdigest(), "data": str(args.train_data_dir), "clips": len(train_set), "frames": args.num_frames,
+         "resolution": args.resolution, "stride": args.frame_stride, "format": args.dataset_format},
+        sort_keys=True, default=str,
+    )  # fmt: skip
+
+    def read():
+        with safe_open(str(path), "pt") as f:
+            if f.metadata().get("key") != key:
+                return None
+            return f.get_tensor("mean"), f.get_tensor("std")
+
+    if accelerator.is_main_process and not (path.is_file() and read() is not None):
+        loader = DataLoader(
+            train_set, batch_size=8, collate_fn=functools.partial(collate, vocab=vocab),
+            num_workers=args.dataloader_num_workers,
+        )  # fmt: skip
+        means, stds = [], []
+        for batch, _ in tqdm(loader, desc="caching latents", disable=not accelerator.is_local_main_process):
+            videos = resize_videos(batch.videos, args.resolution).to(accelerator.device)
+            frames = videos.flatten(0, 1) * 2 - 1
+            dist = vae.encode(frames.to(vae.dtype)).latent_dist
+            for name, value, out in (("mean", dist.mean, means), ("std", dist.std, stds)):
+                out.append(value.float().unflatten(0, videos.shape[:2]).transpose(1, 2).contiguous().cpu())  # (B, C, F, h, w)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"mean": torch.cat(means), "std": torch.cat(stds)}, str(tmp), metadata={"key": key})
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    mean, std = read()
+    graphs = [item[0].scene_graph for item in _graph_items(train_set)]
+    return CachedLatentClips(mean, std, graphs, train_set.captions)
+
+
+def _graph_items(train_set):
+    """(example-like objects with ``scene_graph``) of every clip, without reading frames where possible."""
+    clips = train_set.clips
+    if hasattr(clips, "folder"):
+        return [(record, None) for record in clips.folder]
+    return [train_set[i] for i in range(len(train_set))]
 
 
 def check_clip_shape(args, clip_frames, vae_scale_factor):
@@ -562,11 +655,13 @@ def main(args):
         args.seed,
         start=global_step * args.gradient_accumulation_steps,
     )
+    if args.cache_latents:
+        train_set = cache_latents(train_set, vae, args, accelerator, vocab)
     micro_batches = iter(
         DataLoader(
             train_set,
             batch_sampler=sampler,
-            collate_fn=functools.partial(collate, vocab=vocab),
+            collate_fn=functools.partial(collate_cached if args.cache_latents else collate, vocab=vocab),
             num_workers=args.dataloader_num_workers,
         )
     )
@@ -609,9 +704,13 @@ def main(args):
             batch = batch.to(accelerator.device)
             # Every random draw of this micro-batch comes from its own generator: a resumed run draws the same.
             generator = step_generator(args.seed, micro_batch, accelerator.process_index)
-            videos = resize_videos(batch.videos, args.resolution)  # (B, F, 3, R, R) in [0, 1]
-            # In float32, outside autocast: half-precision VAEs can overflow (SDXL's does).
-            latents = encode_videos(vae, videos, generator=generator)  # (B, C, F, h, w)
+            if args.cache_latents:  # a fresh draw from each latent posterior, as encode_videos makes
+                sample = torch.randn(batch.mean.shape, generator=generator).to(batch.mean.device)
+                latents = (batch.mean + batch.std * sample) * vae.config.scaling_factor
+            else:
+                videos = resize_videos(batch.videos, args.resolution)  # (B, F, 3, R, R) in [0, 1]
+                # In float32, outside autocast: half-precision VAEs can overflow (SDXL's does).
+                latents = encode_videos(vae, videos, generator=generator)  # (B, C, F, h, w)
             batch_size = latents.shape[0]
             noise = torch.randn(latents.shape, generator=generator).to(latents.device)
             num_train_timesteps = noise_scheduler.config.num_train_timesteps
