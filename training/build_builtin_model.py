@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sg2vid_diffusers.utils import atomic_write_text
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("data", "encoder", "vae", "video", "export", "evaluate")
 MAX_EXPORT_BYTES = 20 * 1024 * 1024
@@ -120,19 +122,26 @@ def training_script(args, name: str) -> list[str]:
     return [sys.executable, script]
 
 
-def stage_data(args, preset, work: Path) -> None:
-    for split, count in (("train", preset["train_clips"]), ("validation", preset["validation_clips"]),
-                         ("test", preset["test_clips"])):  # fmt: skip
-        folder = work / "data" / split
-        if not (folder / "metadata.jsonl").is_file():
-            run(sg2vid("make-dataset", "--output", str(folder), "--split", split, "--num-clips", str(count),
-                       "--num-frames", str(preset["num_frames"]), "--format", "npy", "--seed", str(args.seed)))  # fmt: skip
+def make_split(args, preset, work: Path, split: str) -> Path:
+    folder = work / "data" / split
+    if not (folder / "metadata.jsonl").is_file():
+        run(sg2vid("make-dataset", "--output", str(folder), "--split", split,
+                   "--num-clips", str(preset[f"{split}_clips"]), "--num-frames", str(preset["num_frames"]),
+                   "--format", "npy", "--seed", str(args.seed)))  # fmt: skip
+    return folder
+
+
+def stage_data(args, preset, work: Path) -> bool:
+    missing = [split for split in ("train", "validation", "test") if not (work / "data" / split / "metadata.jsonl").is_file()]
+    for split in missing:
+        make_split(args, preset, work, split)
+    return bool(missing)
 
 
 def stage_encoder(args, preset, work: Path) -> None:
     out = work / "encoder"
     if (out / "config.json").is_file():
-        return
+        return False
     run(training_script(args, "train_sg_encoder.py") + [
         "--train_data_dir", str(work / "data" / "train"), "--validation_data_dir", str(work / "data" / "validation"),
         "--output_dir", str(out), "--checkpointing_steps", preset["checkpointing_steps"],
@@ -144,7 +153,7 @@ def stage_encoder(args, preset, work: Path) -> None:
 def stage_vae(args, preset, work: Path) -> None:
     out = work / "vae"
     if (out / "config.json").is_file():
-        return
+        return False
     run(training_script(args, "train_vae.py") + [
         "--train_data_dir", str(work / "data" / "train"), "--validation_data_dir", str(work / "data" / "validation"),
         "--output_dir", str(out), "--checkpointing_steps", preset["checkpointing_steps"],
@@ -155,7 +164,7 @@ def stage_vae(args, preset, work: Path) -> None:
 def stage_video(args, preset, work: Path) -> None:
     out = work / "video"
     if (out / "model_index.json").is_file():
-        return
+        return False
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = work / "validation_graphs.jsonl"
@@ -183,7 +192,7 @@ def stage_export(args, preset, work: Path) -> None:
         pipe.save_pretrained(folder)
         card = work / "video" / "README.md"
         if card.is_file():
-            shutil.copy(card, folder / "README.md")
+            (folder / "README.md").write_text(card.read_text().rstrip() + "\n\n" + recipe_section(args, preset, work))
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         if size > MAX_EXPORT_BYTES:
             raise SystemExit(f"the exported pipeline is {size / 2**20:.1f} MB, over the {MAX_EXPORT_BYTES / 2**20:.0f} MB limit")
@@ -193,8 +202,70 @@ def stage_export(args, preset, work: Path) -> None:
     print(f"exported {size / 2**20:.1f} MB to {args.export_dir}")
 
 
+def _minutes(times: dict, stage: str) -> str:
+    return f"{times[stage] / 60:.1f} min" if stage in times else "n/a"
+
+
+def recipe_section(args, preset, work: Path) -> str:
+    """The model card's record of every stage: what it made, its figures and its wall time."""
+    times = json.loads((work / "stage_times.json").read_text()) if (work / "stage_times.json").is_file() else {}
+    option = lambda flags, name: flags[flags.index(name) + 1]  # noqa: E731
+    retrieval_file = work / "encoder" / "retrieval.json"
+    retrieval = json.loads(retrieval_file.read_text()) if retrieval_file.is_file() else {}
+    r1 = lambda figures: f"{figures['graph_to_video_recall@1']:.3f}" if figures else "n/a"  # noqa: E731
+    last = retrieval["steps"][max(retrieval["steps"], key=int)] if retrieval.get("steps") else None
+    vae_card = work / "vae" / "README.md"
+    vae_lines = vae_card.read_text().splitlines() if vae_card.is_file() else []
+    vae_figures = next((line[len("- validation: "):] for line in vae_lines if line.startswith("- validation: ")), "n/a")
+    rows = [
+        ("data", f"SG-Shapes (`sg2vid make-dataset`): {preset['train_clips']} training clips of {preset['num_frames']} "
+                 f"frames at 64 x 64, {preset['validation_clips']} validation, {preset['test_clips']} test"),
+        ("encoder", f"masked contrastive pretraining (`train_sg_encoder.py`), {option(preset['encoder'], '--max_train_steps')} "
+                    f"steps: graph->video R@1 {r1(last)} on the validation clips (untrained {r1(retrieval.get('untrained'))})"),
+        ("vae", f"frame autoencoder (`train_vae.py`), {option(preset['vae'], '--max_train_steps')} steps; its "
+                f"reconstructions of validation clips: {vae_figures}"),
+        ("video", "the UNet from scratch with the encoder fine-tuned (`train_video.py`, above)"),
+    ]  # fmt: skip
+    lines = [
+        "## How it was made",
+        "",
+        f"`python training/build_builtin_model.py --work_dir WORK --preset {args.preset}` runs these stages (each "
+        "one's exact command is in that script); wall times on the machine that trained it:",
+        "",
+        "| stage | what | wall time |",
+        "| --- | --- | --- |",
+        *[f"| {stage} | {what} | {_minutes(times, stage)} |" for stage, what in rows],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+QUALITY_HEADING = "## Quality"
+
+
+def quality_section(rows: dict, command: str) -> str:
+    keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
+            "spurious_per_video"]  # fmt: skip
+    lines = [
+        QUALITY_HEADING,
+        "",
+        f"`sg2vid evaluate` on {next(iter(rows.values()))['num_videos']} SG-Shapes test-split graphs, generated with "
+        "default settings (16 frames, 25 DDIM steps, guidance 4, seed = graph index), beside the ground-truth "
+        "clips and the same model given the null graph. Command:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "| videos | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+        "| --- |" + " --- |" * len(keys),
+    ]
+    for name, row in rows.items():
+        lines.append(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def stage_evaluate(args, preset, work: Path) -> None:
-    test = work / "data" / "test"
+    test = make_split(args, preset, work, "test")  # alone, `--stages evaluate` scores the shipped model
     graphs = work / "test_graphs.jsonl"
     graphs.write_text("".join(json.dumps(json.loads(line)["scene_graph"]) + "\n"
                               for line in (test / "metadata.jsonl").read_text().splitlines()))  # fmt: skip
@@ -208,13 +279,27 @@ def stage_evaluate(args, preset, work: Path) -> None:
         result = subprocess.run(sg2vid("evaluate", "--data", str(folder), "--json"), check=True, cwd=ROOT,
                                 capture_output=True, text=True)  # fmt: skip
         rows[name] = json.loads(result.stdout)
-    (work / "evaluation.json").write_text(json.dumps(rows, indent=1))
-    keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
-            "spurious_per_video"]  # fmt: skip
-    print("| clips | " + " | ".join(keys) + " |")
-    for name, row in rows.items():
-        cells = ["n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    atomic_write_text(work / "evaluation.json", json.dumps(rows, indent=1))
+    command = f"python training/build_builtin_model.py --work_dir {work} --preset {args.preset} --stages evaluate"
+    section = quality_section(rows, command)
+    print(section)
+    # The figures go into the evaluated model's card, replacing older ones.
+    card_path = args.export_dir / "README.md"
+    if card_path.is_file():
+        card = card_path.read_text()
+        if QUALITY_HEADING + "\n" in card:
+            start = card.index(QUALITY_HEADING + "\n")
+            end = card.find("\n## ", start + 1)
+            card = card[:start] + card[end + 1:] if end != -1 else card[:start]
+        atomic_write_text(card_path, card.rstrip() + "\n\n" + section)
+
+
+def record_stage_time(work: Path, stage: str, seconds: float) -> None:
+    """Add a stage's wall time to WORK/stage_times.json (summed over interrupted and resumed runs)."""
+    path = work / "stage_times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[stage] = round(times.get(stage, 0.0) + seconds, 1)
+    atomic_write_text(path, json.dumps(times, indent=1))
 
 
 def main(argv=None):
@@ -225,8 +310,11 @@ def main(argv=None):
         if stage in args.stages:
             start = time.time()
             print(f"== {stage}", flush=True)
-            globals()[f"stage_{stage}"](args, preset, args.work_dir)
-            print(f"== {stage} done in {(time.time() - start) / 60:.1f} min", flush=True)
+            ran = globals()[f"stage_{stage}"](args, preset, args.work_dir)
+            elapsed = time.time() - start
+            if ran is not False:  # False: its output was there already
+                record_stage_time(args.work_dir, stage, elapsed)
+            print(f"== {stage} {'done' if ran is not False else 'already done'} in {elapsed / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
