@@ -31,6 +31,21 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     pipe = SceneGraphToVideoPipeline.from_pretrained(export, dtype=torch.float32)
     assert pipe.unet.dtype == torch.float32 and pipe.vocab is not None
 
-    # Rerunning skips finished stages (nothing to train again).
-    again = subprocess.run(command + ["--stages", "data", "encoder", "vae", "video"], capture_output=True, text=True, cwd=ROOT)
+    # The model card records every stage (with its wall time) and the quality table of the evaluation.
+    card = (export / "README.md").read_text()
+    assert "## How it was made" in card and card.count("## Quality") == 1
+    times = json.loads((tmp_path / "work" / "stage_times.json").read_text())
+    assert set(times) == {"data", "encoder", "vae", "video", "guidance", "export", "evaluate"}
+    guidance = json.loads((tmp_path / "work" / "guidance.json").read_text())
+    assert set(guidance["figures"]) == {"1", "4"}
+    assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
+    assert "| built-in model |" in card and "| null graph |" in card
+
+    # Rerunning skips finished stages (nothing to train again, no time added); evaluating again
+    # replaces the card's quality table instead of adding a second one.
+    again = subprocess.run(command + ["--stages", "data", "encoder", "vae", "video", "guidance"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "+ " not in again.stdout
+    assert json.loads((tmp_path / "work" / "stage_times.json").read_text()) == times
+    again = subprocess.run(command + ["--stages", "evaluate"], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (export / "README.md").read_text().count("## Quality") == 1

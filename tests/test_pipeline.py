@@ -1,5 +1,6 @@
 """SceneGraphToVideoPipeline with tiny random components: behaviour, not just shapes."""
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -267,3 +268,22 @@ def test_drop_graph_generates_from_the_null_graph(pipe):
     assert not (dropped_a == _run(pipe, STATIC)).all()
     with pytest.raises(SceneGraphError):
         pipe(scene_graph={"objects": ["purple circle"]}, drop_graph=True, **KW)
+
+
+def test_the_default_guidance_travels_with_the_model_and_a_call_can_override_it(tmp_path):
+    pipe = tiny_pipeline()
+    assert pipe.config.default_guidance_scale == 4.0
+    pipe.register_to_config(default_guidance_scale=1.5)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SceneGraphToVideoPipeline.from_pretrained(tmp_path / "pipe")
+    assert loaded.config.default_guidance_scale == 1.5
+    loaded.set_progress_bar_config(disable=True)
+    run = lambda **kw: loaded(scene_graph=GRAPH_FOR_GUIDANCE, num_frames=2, height=16, width=16, num_inference_steps=2,  # noqa: E731
+                              generator=torch.Generator().manual_seed(0), **kw).frames
+    default = run()
+    assert loaded.guidance_scale == 1.5
+    np.testing.assert_array_equal(default, run(guidance_scale=1.5))
+    assert np.abs(default - run(guidance_scale=4.0)).max() > 0
+
+
+GRAPH_FOR_GUIDANCE = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}

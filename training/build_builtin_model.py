@@ -12,9 +12,10 @@ after an interruption, so rerunning the same command continues where it stopped)
 2. ``encoder``: the scene-graph encoder (``train_sg_encoder.py``, masked contrastive pretraining);
 3. ``vae``: the frame autoencoder (``train_vae.py``; its reconstructions are scored by conformance);
 4. ``video``: the graph-only UNet from scratch (``train_video.py``);
-5. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder),
+5. ``guidance``: the default classifier-free guidance, chosen on validation graphs;
+6. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder),
    at most 20 MB;
-6. ``evaluate``: 200 test graphs generated with default settings and scored (``sg2vid evaluate``),
+7. ``evaluate``: 200 test graphs generated with default settings and scored (``sg2vid evaluate``),
    beside the ground-truth clips and the same model on the null graph; written to
    ``WORK/evaluation.json`` and printed as a table.
 
@@ -34,7 +35,7 @@ from pathlib import Path
 from sg2vid_diffusers.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("data", "encoder", "vae", "video", "export", "evaluate")
+STAGES = ("data", "encoder", "vae", "video", "guidance", "export", "evaluate")
 MAX_EXPORT_BYTES = 20 * 1024 * 1024
 
 # Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
@@ -70,6 +71,8 @@ PRESETS = {
                   "--ema_decay", "0.998", "--snr_gamma", "5", "--graph_dropout", "0.1",
                   "--prediction_type", "v_prediction", "--validation_steps", "1000"],
         "checkpointing_steps": "250",
+        "guidance_scales": [1.0, 2.0, 4.0],
+        "guidance_graphs": 24,
     },
     "smoke": {
         "num_frames": 4,
@@ -90,6 +93,8 @@ PRESETS = {
                   "--num_validation_inference_steps", "2"],
         "checkpointing_steps": "1",
         "inference": ["--num-inference-steps", "2"],
+        "guidance_scales": [1.0, 4.0],
+        "guidance_graphs": 2,
     },
 }
 
@@ -179,12 +184,47 @@ def stage_video(args, preset, work: Path) -> None:
     ])  # fmt: skip
 
 
+def guidance_score(row: dict) -> float:
+    """What the guidance stage maximises: relation accuracy + object recall + shape accuracy - spurious
+    objects per video (each figure matters; one-object graphs have no triples)."""
+    return row["relation_accuracy"] + row["object_recall"] + (row["shape_accuracy"] or 0.0) - row["spurious_per_video"]
+
+
+def stage_guidance(args, preset, work: Path) -> bool:
+    """Choose the model's default classifier-free guidance on validation graphs (never test ones):
+    too little and the graph is followed loosely, too much and sparse scenes (one object) come out
+    empty, because guidance pushes away from the unconditional model's busier scenes."""
+    out = work / "guidance.json"
+    if out.is_file():
+        return False
+    validation = make_split(args, preset, work, "validation")
+    lines = (validation / "metadata.jsonl").read_text().splitlines()[: preset["guidance_graphs"]]
+    graphs = work / "guidance_graphs.jsonl"
+    graphs.write_text("".join(json.dumps(json.loads(line)["scene_graph"]) + "\n" for line in lines))
+    rows = {}
+    for scale in preset["guidance_scales"]:
+        folder = work / "guidance" / f"{scale:g}"
+        run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder), "--model", str(work / "video"),
+                   "--num-frames", str(preset["num_frames"]), "--guidance-scale", str(scale), "--overwrite",
+                   *preset.get("inference", [])))  # fmt: skip
+        result = subprocess.run(sg2vid("evaluate", "--data", str(folder), "--json"), check=True, cwd=ROOT,
+                                capture_output=True, text=True)  # fmt: skip
+        rows[f"{scale:g}"] = json.loads(result.stdout)
+    chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
+    atomic_write_text(out, json.dumps({"chosen": float(chosen), "figures": rows}, indent=1))
+    for scale, row in rows.items():
+        print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
+    return True
+
+
 def stage_export(args, preset, work: Path) -> None:
     import torch
 
     from sg2vid_diffusers import SceneGraphToVideoPipeline
 
     pipe = SceneGraphToVideoPipeline.from_pretrained(work / "video")
+    if (work / "guidance.json").is_file():
+        pipe.register_to_config(default_guidance_scale=json.loads((work / "guidance.json").read_text())["chosen"])
     pipe.to(torch.float16)
     args.export_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.export_dir.parent) as tmp:
@@ -206,6 +246,16 @@ def _minutes(times: dict, stage: str) -> str:
     return f"{times[stage] / 60:.1f} min" if stage in times else "n/a"
 
 
+def guidance_text(work: Path) -> str:
+    if not (work / "guidance.json").is_file():
+        return "n/a"
+    guidance = json.loads((work / "guidance.json").read_text())
+    scores = ", ".join(f"{scale}: {guidance_score(row):.3f}" for scale, row in guidance["figures"].items())
+    count = next(iter(guidance["figures"].values()))["num_videos"]
+    return (f"default guidance {guidance['chosen']:g}, the best of ({scores}) on {count} validation graphs by "
+            "relation accuracy + object recall + shape accuracy - spurious objects")
+
+
 def recipe_section(args, preset, work: Path) -> str:
     """The model card's record of every stage: what it made, its figures and its wall time."""
     times = json.loads((work / "stage_times.json").read_text()) if (work / "stage_times.json").is_file() else {}
@@ -225,6 +275,7 @@ def recipe_section(args, preset, work: Path) -> str:
         ("vae", f"frame autoencoder (`train_vae.py`), {option(preset['vae'], '--max_train_steps')} steps; its "
                 f"reconstructions of validation clips: {vae_figures}"),
         ("video", "the UNet from scratch with the encoder fine-tuned (`train_video.py`, above)"),
+        ("guidance", guidance_text(work)),
     ]  # fmt: skip
     lines = [
         "## How it was made",
@@ -242,15 +293,15 @@ def recipe_section(args, preset, work: Path) -> str:
 QUALITY_HEADING = "## Quality"
 
 
-def quality_section(rows: dict, command: str) -> str:
+def quality_section(rows: dict, command: str, guidance: float) -> str:
     keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
             "spurious_per_video"]  # fmt: skip
     lines = [
         QUALITY_HEADING,
         "",
         f"`sg2vid evaluate` on {next(iter(rows.values()))['num_videos']} SG-Shapes test-split graphs, generated with "
-        "default settings (16 frames, 25 DDIM steps, guidance 4, seed = graph index), beside the ground-truth "
-        "clips and the same model given the null graph. Command:",
+        f"default settings (16 frames, 25 DDIM steps, the model's default guidance {guidance:g}, seed = graph index), "
+        "beside the ground-truth clips and the same model given the null graph. Command:",
         "",
         "```bash",
         command,
@@ -281,7 +332,8 @@ def stage_evaluate(args, preset, work: Path) -> None:
         rows[name] = json.loads(result.stdout)
     atomic_write_text(work / "evaluation.json", json.dumps(rows, indent=1))
     command = f"python training/build_builtin_model.py --work_dir {work} --preset {args.preset} --stages evaluate"
-    section = quality_section(rows, command)
+    model_index = json.loads((args.export_dir / "model_index.json").read_text())
+    section = quality_section(rows, command, model_index.get("default_guidance_scale", 4.0))
     print(section)
     # The figures go into the evaluated model's card, replacing older ones.
     card_path = args.export_dir / "README.md"

@@ -90,11 +90,15 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         sg_encoder: SceneGraphEncoder,
         text_encoder=None,
         tokenizer=None,
+        default_guidance_scale: float = 4.0,
     ):
         super().__init__()
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, sg_encoder=sg_encoder, text_encoder=text_encoder, tokenizer=tokenizer
         )
+        # The guidance a model was tuned with travels with it (model_index.json), as diffusers'
+        # `requires_safety_checker` does; `pipe(guidance_scale=...)` overrides it.
+        self.register_to_config(default_guidance_scale=float(default_guidance_scale))
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
         self._vae_slicing = False
@@ -331,7 +335,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 25,
-        guidance_scale: float = 4.0,
+        guidance_scale: float | None = None,
         graph_scale: float = 1.0,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -354,7 +358,9 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             num_frames: F, frames per video. Time spans map to frames by ``f / F``.
             height, width: in pixels, multiples of the VAE's factor (default: the UNet's sample size).
             num_inference_steps: denoising steps.
-            guidance_scale: classifier-free guidance against the null graph; 1 disables it.
+            guidance_scale: classifier-free guidance against the null graph; 1 disables it. Default:
+                the model's ``default_guidance_scale`` (in ``model_index.json``; 4.0 unless the model
+                was saved with another, as the built-in model is).
             graph_scale: weight of the graph attention in decoupled mode (graph-only mode ignores it).
             eta: DDIM's eta (ignored by other schedulers).
             generator: torch generator(s) for the noise: the same seed gives the same video.
@@ -382,6 +388,8 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             scene_graph, prompt, negative_prompt, num_frames, height, width, num_inference_steps,
             output_type, latents, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
+        if guidance_scale is None:
+            guidance_scale = self.config.get("default_guidance_scale", 4.0)
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
         device = self._execution_device
