@@ -5,8 +5,9 @@
     python benchmarks/bench_end_to_end.py --model builtin       # the model shipped in the package
     python benchmarks/bench_end_to_end.py --model path/to/pipeline-folder
 
-One full ``SceneGraphToVideoPipeline`` call at its defaults (25 DDIM steps, guidance 4 against the
-null graph, 16 frames; 64 x 64 for the built-in sizes) on ``examples/crossing.json`` (a dynamic graph),
+One full ``SceneGraphToVideoPipeline`` call at its defaults (25 DDIM steps, the model's default
+guidance against the null graph (4 for untrained pipelines; guidance > 1 runs the UNet on two
+batches), 16 frames; 64 x 64 for the built-in sizes) on ``examples/crossing.json`` (a dynamic graph),
 after one untimed 1-step call. Parts are timed inside the call by forward hooks: graph encoding
 (collate + encoder + graph context, once per call), the UNet (all steps), the graph cross-attention
 layers inside it, the VAE decode; "other" is the scheduler, noise and post-processing.
@@ -57,7 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--graph", type=Path, default=REPO_ROOT / "examples" / "crossing.json")
     parser.add_argument("--frames", type=int, default=16, help="frames per video (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default: %(default)s)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's own")
     args = parser.parse_args(argv)
     check_positive(parser, args, "frames", "steps", "repeats", "threads")
     if args.model not in (None, "builtin") and not Path(args.model, "model_index.json").is_file():
@@ -122,7 +123,7 @@ def main(argv=None) -> dict:
         del pipe
     share = lambda row, part: f"{row[f'{part}_s']:.3g} s ({100 * row[f'{part}_s'] / row['seconds_per_video']:.2f}%)"  # noqa: E731
     print_table(
-        f"one sampling call: {args.steps} steps, guidance {args.guidance_scale}, {args.frames} frames, {args.graph.name} "
+        f"one sampling call: {args.steps} steps, guidance {args.guidance_scale or 'the model default'}, {args.frames} frames, {args.graph.name} "
         f"(median of {args.repeats}; {machine['torch_threads']} threads)",
         ["pipeline", "UNet params", "latents", "s / video", "s / step (UNet)", "graph encoding", "UNet", "graph cross-attn (in UNet)",
          "VAE decode", "other"],

@@ -162,7 +162,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.model is None:
         pipe = SceneGraphToVideoPipeline.from_builtin()
     else:
-        pipe = SceneGraphToVideoPipeline.from_pretrained(args.model)
+        # The CLI computes on the CPU, in float32 whatever the stored precision (fp16 is slow there).
+        pipe = SceneGraphToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
     limits = dict(vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
     if args.output is not None:
         graphs = [parse_scene_graph(graphs[0], **limits)]  # errors name fields without a list prefix
