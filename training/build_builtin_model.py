@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sg2vid_diffusers.data.video_folder import SceneGraphVideoFolder
 from sg2vid_diffusers.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +137,20 @@ def make_split(args, preset, work: Path, split: str) -> Path:
     return folder
 
 
+def write_graphs(folder: Path, path: Path, limit: int | None = None) -> Path:
+    """The scene graphs of a ``make-dataset`` folder (its first ``limit``), as the .jsonl ``sg2vid generate`` reads."""
+    records = list(SceneGraphVideoFolder(folder))[:limit]
+    atomic_write_text(path, "".join(json.dumps(record.scene_graph.to_json()) + "\n" for record in records))
+    return path
+
+
+def evaluate_folder(folder: Path) -> dict:
+    """``sg2vid evaluate --json`` of a folder of clips and their graphs."""
+    result = subprocess.run(sg2vid("evaluate", "--data", str(folder), "--json"), check=True, cwd=ROOT,
+                            capture_output=True, text=True)  # fmt: skip
+    return json.loads(result.stdout)
+
+
 def stage_data(args, preset, work: Path) -> bool:
     missing = [split for split in ("train", "validation", "test") if not (work / "data" / split / "metadata.jsonl").is_file()]
     for split in missing:
@@ -172,9 +187,7 @@ def stage_video(args, preset, work: Path) -> None:
         return False
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
-    graphs = work / "validation_graphs.jsonl"
-    rows = [json.loads(line)["scene_graph"] for line in (work / "data" / "test" / "metadata.jsonl").read_text().splitlines()[:4]]
-    graphs.write_text("".join(json.dumps(g) + "\n" for g in rows))
+    graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
     run(training_script(args, "train_video.py") + [
         "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
         "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
@@ -198,18 +211,14 @@ def stage_guidance(args, preset, work: Path) -> bool:
     if out.is_file():
         return False
     validation = make_split(args, preset, work, "validation")
-    lines = (validation / "metadata.jsonl").read_text().splitlines()[: preset["guidance_graphs"]]
-    graphs = work / "guidance_graphs.jsonl"
-    graphs.write_text("".join(json.dumps(json.loads(line)["scene_graph"]) + "\n" for line in lines))
+    graphs = write_graphs(validation, work / "guidance_graphs.jsonl", limit=preset["guidance_graphs"])
     rows = {}
     for scale in preset["guidance_scales"]:
         folder = work / "guidance" / f"{scale:g}"
         run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder), "--model", str(work / "video"),
                    "--num-frames", str(preset["num_frames"]), "--guidance-scale", str(scale), "--overwrite",
                    *preset.get("inference", [])))  # fmt: skip
-        result = subprocess.run(sg2vid("evaluate", "--data", str(folder), "--json"), check=True, cwd=ROOT,
-                                capture_output=True, text=True)  # fmt: skip
-        rows[f"{scale:g}"] = json.loads(result.stdout)
+        rows[f"{scale:g}"] = evaluate_folder(folder)
     chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
     atomic_write_text(out, json.dumps({"chosen": float(chosen), "figures": rows}, indent=1))
     for scale, row in rows.items():
@@ -317,19 +326,13 @@ def quality_section(rows: dict, command: str, guidance: float) -> str:
 
 def stage_evaluate(args, preset, work: Path) -> None:
     test = make_split(args, preset, work, "test")  # alone, `--stages evaluate` scores the shipped model
-    graphs = work / "test_graphs.jsonl"
-    graphs.write_text("".join(json.dumps(json.loads(line)["scene_graph"]) + "\n"
-                              for line in (test / "metadata.jsonl").read_text().splitlines()))  # fmt: skip
+    graphs = write_graphs(test, work / "test_graphs.jsonl")
     common = ["--scene-graph", str(graphs), "--model", str(args.export_dir), "--num-frames", str(preset["num_frames"]),
               "--overwrite", *preset.get("inference", [])]  # fmt: skip
     run(sg2vid("generate", "--output-dir", str(work / "generated"), *common))
     run(sg2vid("generate", "--output-dir", str(work / "generated_null_graph"), "--drop-graph", *common))
-    rows = {}
-    for name, folder in (("ground truth", test), ("built-in model", work / "generated"),
-                         ("null graph", work / "generated_null_graph")):  # fmt: skip
-        result = subprocess.run(sg2vid("evaluate", "--data", str(folder), "--json"), check=True, cwd=ROOT,
-                                capture_output=True, text=True)  # fmt: skip
-        rows[name] = json.loads(result.stdout)
+    rows = {name: evaluate_folder(folder) for name, folder in (
+        ("ground truth", test), ("built-in model", work / "generated"), ("null graph", work / "generated_null_graph"))}
     atomic_write_text(work / "evaluation.json", json.dumps(rows, indent=1))
     command = f"python training/build_builtin_model.py --work_dir {work} --preset {args.preset} --stages evaluate"
     model_index = json.loads((args.export_dir / "model_index.json").read_text())

@@ -54,6 +54,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DiffusionPipe
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import convert_state_dict_to_diffusers
+from einops import rearrange
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
@@ -84,7 +85,7 @@ from sg2vid_diffusers.training_utils import (
     set_trainable_parameters,
     step_generator,
 )
-from sg2vid_diffusers.utils import atomic_write_text
+from sg2vid_diffusers.utils import atomic_path, atomic_write_text
 from sg2vid_diffusers.video_io import write_video
 
 logger = get_logger(__name__, log_level="INFO")
@@ -371,12 +372,15 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
     )  # fmt: skip
 
     def read():
+        if not path.is_file():
+            return None
         with safe_open(str(path), "pt") as f:
             if f.metadata().get("key") != key:
                 return None
             return f.get_tensor("mean"), f.get_tensor("std")
 
-    if accelerator.is_main_process and not (path.is_file() and read() is not None):
+    cached = read() if accelerator.is_main_process else None
+    if accelerator.is_main_process and cached is None:
         loader = DataLoader(
             train_set, batch_size=8, collate_fn=functools.partial(collate, vocab=vocab),
             num_workers=args.dataloader_num_workers,
@@ -384,25 +388,23 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
         means, stds = [], []
         for batch, _ in tqdm(loader, desc="caching latents", disable=not accelerator.is_local_main_process):
             videos = resize_videos(batch.videos, args.resolution).to(accelerator.device)
-            frames = videos.flatten(0, 1) * 2 - 1
-            dist = vae.encode(frames.to(vae.dtype)).latent_dist
-            for name, value, out in (("mean", dist.mean, means), ("std", dist.std, stds)):
-                out.append(value.float().unflatten(0, videos.shape[:2]).transpose(1, 2).contiguous().cpu())  # (B, C, F, h, w)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"mean": torch.cat(means), "std": torch.cat(stds)}, str(tmp), metadata={"key": key})
-        os.replace(tmp, path)
+            dist = vae.encode((videos.flatten(0, 1) * 2 - 1).to(vae.dtype)).latent_dist
+            for value, out in ((dist.mean, means), (dist.std, stds)):  # (B*F, C, h, w) -> (B, C, F, h, w)
+                out.append(rearrange(value.float(), "(b f) c h w -> b c f h w", b=len(videos)).contiguous().cpu())
+        cached = torch.cat(means), torch.cat(stds)
+        with atomic_path(path) as tmp:
+            save_file({"mean": cached[0], "std": cached[1]}, str(tmp), metadata={"key": key})
     accelerator.wait_for_everyone()
-    mean, std = read()
-    graphs = [item[0].scene_graph for item in _graph_items(train_set)]
-    return CachedLatentClips(mean, std, graphs, train_set.captions)
+    mean, std = cached if cached is not None else read()
+    return CachedLatentClips(mean, std, clip_scene_graphs(train_set), train_set.captions)
 
 
-def _graph_items(train_set):
-    """(example-like objects with ``scene_graph``) of every clip, without reading frames where possible."""
+def clip_scene_graphs(train_set):
+    """The scene graph of every training clip; a metadata folder's without reading any frames."""
     clips = train_set.clips
     if hasattr(clips, "folder"):
-        return [(record, None) for record in clips.folder]
-    return [train_set[i] for i in range(len(train_set))]
+        return [record.scene_graph for record in clips.folder]
+    return [clips[i].scene_graph for i in range(len(clips))]
 
 
 def check_clip_shape(args, clip_frames, vae_scale_factor):

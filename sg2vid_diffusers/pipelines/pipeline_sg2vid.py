@@ -389,7 +389,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             output_type, latents, callback_on_step_end_tensor_inputs,
         )  # fmt: skip
         if guidance_scale is None:
-            guidance_scale = self.config.get("default_guidance_scale", 4.0)
+            guidance_scale = self.config.default_guidance_scale
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
         device = self._execution_device
