@@ -1,5 +1,6 @@
 """The built-in model's recipe, every stage end to end at smoke size."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert set(guidance["figures"]) == {"1", "4"}
     assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
     assert "| built-in model |" in card and "| null graph |" in card
+    legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
+    assert [(leg["from_step"], leg["to_step"]) for leg in legs] == [(0, 2)] and "legs" not in card
 
     # Rerunning skips finished stages (nothing to train again, no time added); evaluating again
     # replaces the card's quality table instead of adding a second one.
@@ -49,3 +52,15 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     again = subprocess.run(command + ["--stages", "evaluate"], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (export / "README.md").read_text().count("## Quality") == 1
+
+
+def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):
+    spec = importlib.util.spec_from_file_location("build_builtin_model", ROOT / "training" / "build_builtin_model.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    recipe.record_leg(tmp_path, from_step=0, flags=["--max_train_steps", "3500"], seconds=4770)
+    assert recipe.legs_text(tmp_path) == ""  # one leg: the preset says it all
+    recipe.record_leg(tmp_path, from_step=3500, flags=["--max_train_steps", "9000"], seconds=5400)
+    recipe.record_leg(tmp_path, from_step=9000, flags=["--max_train_steps", "9000"], seconds=3)  # nothing left
+    text = recipe.legs_text(tmp_path)
+    assert "2 legs" in text and "0->3500 (80 min)" in text and "3500->9000 (90 min)" in text

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from sg2vid_diffusers.data.video_folder import SceneGraphVideoFolder
+from sg2vid_diffusers.training_utils import list_checkpoints
 from sg2vid_diffusers.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,11 +69,11 @@ PRESETS = {
         # The encoder is fine-tuned with the UNet (SGDiff freezes it; at this size training it end to end
         # teaches it the layout the denoiser needs).
         "video": ["--cache_latents", "--train_sg_encoder", "--train_batch_size", "8", "--learning_rate", "6e-4",
-                  "--lr_scheduler", "cosine", "--lr_warmup_steps", "150", "--max_train_steps", "3500", "--use_ema",
+                  "--lr_scheduler", "cosine", "--lr_warmup_steps", "150", "--max_train_steps", "9000", "--use_ema",
                   "--ema_decay", "0.998", "--snr_gamma", "5", "--graph_dropout", "0.1",
                   "--prediction_type", "v_prediction", "--validation_steps", "1000"],
         "checkpointing_steps": "250",
-        "guidance_scales": [1.0, 2.0, 4.0],
+        "guidance_scales": [1.0, 2.0, 4.0, 6.0],
         "guidance_graphs": 24,
     },
     "smoke": {
@@ -188,6 +189,8 @@ def stage_video(args, preset, work: Path) -> None:
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
+    checkpoints = list_checkpoints(out) if out.is_dir() else []
+    start = time.time()
     run(training_script(args, "train_video.py") + [
         "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
         "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
@@ -195,6 +198,29 @@ def stage_video(args, preset, work: Path) -> None:
         "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
         "--seed", str(args.seed), *preset["video"],
     ])  # fmt: skip
+    record_leg(work, from_step=checkpoints[-1][0] if checkpoints else 0, flags=preset["video"], seconds=time.time() - start)
+
+
+def record_leg(work: Path, from_step: int, flags: list[str], seconds: float) -> None:
+    """Add one run of the video stage to WORK/video_legs.json. A run resumed after ``--max_train_steps`` was
+    raised is a second leg: its learning-rate schedule follows the new total from the step it resumes at,
+    so the legs say how the model was really trained."""
+    path = work / "video_legs.json"
+    legs = json.loads(path.read_text()) if path.is_file() else []
+    to_step = int(flags[flags.index("--max_train_steps") + 1])
+    legs.append({"from_step": from_step, "to_step": to_step, "seconds": round(seconds, 1)})
+    atomic_write_text(path, json.dumps(legs, indent=1))
+
+
+def legs_text(work: Path) -> str:
+    path = work / "video_legs.json"
+    legs = json.loads(path.read_text()) if path.is_file() else []
+    legs = [leg for leg in legs if leg["to_step"] > leg["from_step"]]  # a rerun with nothing left to train
+    if len(legs) < 2:
+        return ""
+    steps = ", ".join(f"{leg['from_step']}->{leg['to_step']} ({leg['seconds'] / 60:.0f} min)" for leg in legs)
+    return (f"; trained in {len(legs)} legs, {steps}, each resumed from the last checkpoint after "
+            "`--max_train_steps` was raised (the cosine schedule then follows the new total from the step it resumes at)")
 
 
 def guidance_score(row: dict) -> float:
@@ -283,7 +309,9 @@ def recipe_section(args, preset, work: Path) -> str:
                     f"steps: graph->video R@1 {r1(last)} on the validation clips (untrained {r1(retrieval.get('untrained'))})"),
         ("vae", f"frame autoencoder (`train_vae.py`), {option(preset['vae'], '--max_train_steps')} steps; its "
                 f"reconstructions of validation clips: {vae_figures}"),
-        ("video", "the UNet from scratch with the encoder fine-tuned (`train_video.py`, above)"),
+        ("video", f"the UNet from scratch with the encoder fine-tuned (`train_video.py`, above), "
+                  f"{option(preset['video'], '--max_train_steps')} steps of {option(preset['video'], '--train_batch_size')} "
+                  f"clips{legs_text(work)}"),
         ("guidance", guidance_text(work)),
     ]  # fmt: skip
     lines = [
