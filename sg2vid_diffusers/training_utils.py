@@ -7,6 +7,7 @@ The script stays a plain loop; everything here is a small function of tensors an
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -28,6 +29,8 @@ from .models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel, 
 
 __all__ = [
     "CHECKPOINT_PATTERN",
+    "add_training_arguments",
+    "check_training_arguments",
     "EpochBatches",
     "GraphConditionedDenoiser",
     "diffusion_loss",
@@ -312,6 +315,65 @@ def find_resume_checkpoint(resume_from_checkpoint: str, output_dir: str | os.Pat
     if not path.exists():
         path = Path(output_dir) / path.name
     return path if path.exists() else None
+
+
+# ----------------------------------------------------------------------------- command line
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+
+
+def add_training_arguments(
+    group: argparse._ArgumentGroup,
+    *,
+    output_dir: str,
+    train_batch_size: int,
+    learning_rate: float,
+    lr_scheduler: str,
+    adam_beta2: float,
+    adam_epsilon: float,
+) -> None:
+    """The options every Accelerate training script here shares (its defaults are the script's): output,
+    seed, batch and steps, AdamW, the learning-rate schedule, precision, checkpoints, tracking and the
+    Hub. Each script adds its own weight decay and validation options; see
+    :func:`check_training_arguments` for the checks that go with them."""
+    group.add_argument("--output_dir", default=output_dir)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Per process.")
+    group.add_argument("--max_train_steps", type=int, default=10_000)
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--learning_rate", type=float, default=learning_rate)
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=adam_beta2)
+    group.add_argument("--adam_epsilon", type=float, default=adam_epsilon)
+    group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--lr_scheduler", default=lr_scheduler, choices=LR_SCHEDULERS)
+    group.add_argument("--lr_warmup_steps", type=int, default=500)
+    group.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    group.add_argument("--cpu", action="store_true", help="Train on the CPU (also chosen for torchrun without CUDA).")
+    group.add_argument("--checkpointing_steps", type=int, default=500)
+    group.add_argument("--checkpoints_total_limit", type=int, default=None)
+    group.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder, or `latest`.")
+    group.add_argument("--validation_steps", type=int, default=500)
+    group.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
+    group.add_argument("--logging_dir", default="logs", help="Under --output_dir.")
+    group.add_argument("--push_to_hub", action="store_true")
+    group.add_argument("--hub_model_id", default=None)
+    group.add_argument("--hub_token", default=None)
+
+
+def check_training_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, positive=()) -> None:
+    """``parser.error`` for what :func:`add_training_arguments` reads wrongly: counts below 1 (those
+    options and ``positive``, which may be None when unset) and a ``--resume_from_checkpoint`` that is
+    neither ``latest`` nor a ``checkpoint-N`` folder."""
+    counts = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps",
+              "validation_steps", *positive)  # fmt: skip
+    for name in counts:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "latest") and not CHECKPOINT_PATTERN.match(Path(resume).name):
+        parser.error(f"--resume_from_checkpoint: expected `latest` or a checkpoint-N folder, got {resume}")
 
 
 # ----------------------------------------------------------------------------- sharing

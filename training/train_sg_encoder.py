@@ -41,10 +41,12 @@ from sg2vid_diffusers.pretraining import (
     retrieval_recall,
 )
 from sg2vid_diffusers.training_utils import (
-    push_output_to_hub,
     CHECKPOINT_PATTERN,
     EpochBatches,
+    add_training_arguments,
+    check_training_arguments,
     find_resume_checkpoint,
+    push_output_to_hub,
     save_checkpoint,
     step_generator,
 )
@@ -110,44 +112,15 @@ def parse_args(argv=None):
     objective.add_argument("--head_num_heads", type=int, default=8, help="Attention heads of the reconstruction head.")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="sg-encoder")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
-    train.add_argument("--max_train_steps", type=int, default=10_000)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=5e-4)
+    add_training_arguments(
+        train, output_dir="sg-encoder", train_batch_size=64, learning_rate=5e-4, lr_scheduler="cosine",
+        adam_beta2=0.98, adam_epsilon=1e-6,
+    )  # fmt: skip
     train.add_argument("--weight_decay", type=float, default=0.2, help="None on biases, norm gains and logit_scale.")
-    train.add_argument("--adam_beta1", type=float, default=0.9)
-    train.add_argument("--adam_beta2", type=float, default=0.98)
-    train.add_argument("--adam_epsilon", type=float, default=1e-6)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument(
-        "--lr_scheduler",
-        default="cosine",
-        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
-    )
-    train.add_argument("--lr_warmup_steps", type=int, default=500)
-    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    train.add_argument("--cpu", action="store_true", help="Train on the CPU (several CPU processes need it).")
-    train.add_argument("--checkpointing_steps", type=int, default=500)
-    train.add_argument("--checkpoints_total_limit", type=int, default=None)
-    train.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder, or `latest`.")
-    train.add_argument("--validation_steps", type=int, default=500)
     train.add_argument("--validation_batch_size", type=int, default=32)
-    train.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
-    train.add_argument("--logging_dir", default="logs", help="Under --output_dir.")
-    train.add_argument("--push_to_hub", action="store_true")
-    train.add_argument("--hub_model_id", default=None)
-    train.add_argument("--hub_token", default=None)
 
     args = parser.parse_args(argv)
-    positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps")
-    for name in (*positive, "validation_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    resume = args.resume_from_checkpoint
-    if resume not in (None, "latest") and not CHECKPOINT_PATTERN.match(Path(resume).name):
-        parser.error(f"--resume_from_checkpoint: expected `latest` or a checkpoint-N folder, got {resume}")
+    check_training_arguments(parser, args)
     args.encoder_config = parse_config(parser, "--encoder_config", args.encoder_config, SceneGraphEncoder)
     args.video_encoder_config = parse_config(
         parser, "--video_encoder_config", args.video_encoder_config, SmallVideoEncoder

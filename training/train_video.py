@@ -71,14 +71,16 @@ from sg2vid_diffusers.pretraining import SceneGraphVideoDataset, collate_pretrai
 from sg2vid_diffusers.batching import collate_scene_graphs
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from sg2vid_diffusers.training_utils import (
-    push_output_to_hub,
     CHECKPOINT_PATTERN,
     EpochBatches,
+    add_training_arguments,
+    check_training_arguments,
     GraphConditionedDenoiser,
     diffusion_loss,
     diffusion_target,
     encode_videos,
     find_resume_checkpoint,
+    push_output_to_hub,
     resize_videos,
     sample_graph_dropout,
     save_checkpoint,
@@ -157,37 +159,14 @@ def parse_args(argv=None):
     data.add_argument("--dataloader_num_workers", type=int, default=0)
 
     train = parser.add_argument_group("training")
-    train.add_argument("--output_dir", default="sg2vid-model")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--train_batch_size", type=int, default=4, help="Per process.")
-    train.add_argument("--max_train_steps", type=int, default=10_000)
-    train.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    train.add_argument("--learning_rate", type=float, default=1e-4)
-    train.add_argument("--adam_beta1", type=float, default=0.9)
-    train.add_argument("--adam_beta2", type=float, default=0.999)
+    add_training_arguments(
+        train, output_dir="sg2vid-model", train_batch_size=4, learning_rate=1e-4,
+        lr_scheduler="constant_with_warmup", adam_beta2=0.999, adam_epsilon=1e-8,
+    )  # fmt: skip
     train.add_argument("--adam_weight_decay", type=float, default=1e-2)
-    train.add_argument("--adam_epsilon", type=float, default=1e-8)
-    train.add_argument("--max_grad_norm", type=float, default=1.0)
-    train.add_argument(
-        "--lr_scheduler",
-        default="constant_with_warmup",
-        choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"],
-    )
-    train.add_argument("--lr_warmup_steps", type=int, default=500)
-    train.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
-    train.add_argument("--cpu", action="store_true", help="Train on the CPU (also chosen for torchrun without CUDA).")
-    train.add_argument("--checkpointing_steps", type=int, default=500)
-    train.add_argument("--checkpoints_total_limit", type=int, default=None)
-    train.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint-N folder, or `latest`.")
     train.add_argument("--validation_graphs", default=None, help="A .jsonl file of scene graphs to generate videos of.")
-    train.add_argument("--validation_steps", type=int, default=500)
     train.add_argument("--num_validation_inference_steps", type=int, default=25)
     train.add_argument("--validation_guidance_scale", type=float, default=4.0)
-    train.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none.")
-    train.add_argument("--logging_dir", default="logs", help="Under --output_dir.")
-    train.add_argument("--push_to_hub", action="store_true")
-    train.add_argument("--hub_model_id", default=None)
-    train.add_argument("--hub_token", default=None)
 
     args = parser.parse_args(argv)
     if (args.pretrained_model_name_or_path is None) == (args.unet_config is None):
@@ -204,13 +183,9 @@ def parse_args(argv=None):
         parser.error("--vae and --vae_config go with --unet_config (a pipeline folder brings its VAE)")
     if args.rank is not None and args.train_unet:
         parser.error("--rank and --train_unet exclude each other (LoRA or the whole UNet)")
-    positive = ("train_batch_size", "max_train_steps", "gradient_accumulation_steps", "checkpointing_steps",
-                "validation_steps", "frame_stride", "num_validation_inference_steps", "rank", "num_frames",
-                "resolution")  # fmt: skip
-    for name in positive:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
+    check_training_arguments(
+        parser, args, positive=("frame_stride", "num_validation_inference_steps", "rank", "num_frames", "resolution")
+    )
     if not 0 <= args.graph_dropout <= 1:
         parser.error(f"--graph_dropout must be in [0, 1], got {args.graph_dropout}")
     return args
