@@ -54,10 +54,23 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert (export / "README.md").read_text().count("## Quality") == 1
 
 
-def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):
+def load_recipe():
     spec = importlib.util.spec_from_file_location("build_builtin_model", ROOT / "training" / "build_builtin_model.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_stage_times_add_up_over_resumed_training_and_are_replaced_when_a_stage_starts_over(tmp_path):
+    recipe = load_recipe()
+    for stage in ("video", "evaluate"):
+        recipe.record_stage_time(tmp_path, stage, 100.0)
+        recipe.record_stage_time(tmp_path, stage, 30.0)
+    assert json.loads((tmp_path / "stage_times.json").read_text()) == {"video": 130.0, "evaluate": 30.0}
+
+
+def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):
+    recipe = load_recipe()
     recipe.record_leg(tmp_path, from_step=0, flags=["--max_train_steps", "3500"], seconds=4770)
     assert recipe.legs_text(tmp_path) == ""  # one leg: the preset says it all
     recipe.record_leg(tmp_path, from_step=3500, flags=["--max_train_steps", "9000"], seconds=5400)

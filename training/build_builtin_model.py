@@ -377,11 +377,16 @@ def stage_evaluate(args, preset, work: Path) -> None:
         atomic_write_text(card_path, card.rstrip() + "\n\n" + section)
 
 
+RESUMING_STAGES = ("data", "encoder", "vae", "video")  # a rerun continues their work; the others start over
+
+
 def record_stage_time(work: Path, stage: str, seconds: float) -> None:
-    """Add a stage's wall time to WORK/stage_times.json (summed over interrupted and resumed runs)."""
+    """Record a stage's wall time in WORK/stage_times.json: summed over the interrupted and resumed runs
+    of a stage that resumes, replaced for one that starts over (guidance, export, evaluate)."""
     path = work / "stage_times.json"
     times = json.loads(path.read_text()) if path.is_file() else {}
-    times[stage] = round(times.get(stage, 0.0) + seconds, 1)
+    before = times.get(stage, 0.0) if stage in RESUMING_STAGES else 0.0
+    times[stage] = round(before + seconds, 1)
     atomic_write_text(path, json.dumps(times, indent=1))
 
 
