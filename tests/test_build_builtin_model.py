@@ -35,6 +35,8 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     # The model card records every stage (with its wall time) and the quality table of the evaluation.
     card = (export / "README.md").read_text()
     assert "## How it was made" in card and card.count("## Quality") == 1
+    # Its example loads the export, and its command names the scripts as a checkout has them.
+    assert f'from_pretrained("{export}")' in card and str(ROOT) not in card
     times = json.loads((tmp_path / "work" / "stage_times.json").read_text())
     assert set(times) == {"data", "encoder", "vae", "video", "guidance", "export", "evaluate"}
     guidance = json.loads((tmp_path / "work" / "guidance.json").read_text())

@@ -39,6 +39,7 @@ from sg2vid_diffusers.utils import atomic_write_text
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("data", "encoder", "vae", "video", "guidance", "export", "evaluate")
 MAX_EXPORT_BYTES = 20 * 1024 * 1024
+BUILTIN_DIR = ROOT / "sg2vid_diffusers" / "builtin" / "sg-shapes"  # what from_builtin() loads
 
 # Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
 # 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
@@ -106,7 +107,7 @@ def parse_args(argv=None):
     p.add_argument("--work_dir", required=True, type=Path, help="data, runs and results go here")
     p.add_argument("--preset", choices=sorted(PRESETS), default="builtin")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
-    p.add_argument("--export_dir", type=Path, default=ROOT / "sg2vid_diffusers" / "builtin" / "sg-shapes")
+    p.add_argument("--export_dir", type=Path, default=BUILTIN_DIR)
     p.add_argument("--launcher", choices=["python", "accelerate"], default="python")
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--seed", type=int, default=0)
@@ -267,7 +268,8 @@ def stage_export(args, preset, work: Path) -> None:
         pipe.save_pretrained(folder)
         card = work / "video" / "README.md"
         if card.is_file():
-            (folder / "README.md").write_text(card.read_text().rstrip() + "\n\n" + recipe_section(args, preset, work))
+            text = exported_card(card.read_text(), work / "video", args.export_dir)
+            (folder / "README.md").write_text(text.rstrip() + "\n\n" + recipe_section(args, preset, work))
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         if size > MAX_EXPORT_BYTES:
             raise SystemExit(f"the exported pipeline is {size / 2**20:.1f} MB, over the {MAX_EXPORT_BYTES / 2**20:.0f} MB limit")
@@ -275,6 +277,14 @@ def stage_export(args, preset, work: Path) -> None:
             shutil.rmtree(args.export_dir)
         folder.rename(args.export_dir)
     print(f"exported {size / 2**20:.1f} MB to {args.export_dir}")
+
+
+def exported_card(card: str, trained: Path, export_dir: Path) -> str:
+    """The trained pipeline's model card as the exported copy's: its example loads the export (the
+    built-in folder: ``from_builtin()``), and its command names the scripts relative to the checkout."""
+    load = "from_builtin()" if export_dir.resolve() == BUILTIN_DIR.resolve() else f'from_pretrained("{export_dir}")'
+    card = card.replace(f'from_pretrained("{trained}")', load)
+    return card.replace(f"{ROOT}/", "")
 
 
 def _minutes(times: dict, stage: str) -> str:

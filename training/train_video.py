@@ -757,7 +757,7 @@ def main(args):
             "num_processes": accelerator.num_processes,
             "wall_time": f"{wall_time / 3600:.2f} h" if wall_time > 3600 else f"{wall_time:.0f} s",
             "prediction_type": noise_scheduler.config.prediction_type,
-            "command": " ".join(["accelerate launch", *sys.argv]),
+            "command": " ".join(["accelerate launch", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
             "validation_folder": "validation/" if validation_graphs else None,
             "license": source_license(args),
         }
