@@ -1,0 +1,137 @@
+"""How much a trained denoiser listens to the scene graph, in seconds instead of a full evaluation.
+
+For each graph, the UNet's output on the same noisy latents is compared with its output for three
+changed graphs: the null graph (graph dropped), the graph with its first object's category changed,
+and the graph with every spatial or motion predicate replaced by its opposite ("left of" <->
+"right of", "above" <-> "below", "moving toward" <-> "moving away from"). The figure is the relative
+change ``||f(changed) - f(graph)|| / ||f(graph)||``, averaged over graphs, per timestep. A model that
+draws what the graph says must react to all three; one that reacts to the null graph and to
+categories but not to predicates has learnt what to draw, not where (see the README's built-in
+model section).
+
+This measures sensitivity, not correctness (``sg2vid evaluate`` does that): a large figure is
+necessary for conformance, not sufficient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import torch
+
+from ..batching import collate_scene_graphs
+from ..conditioning import encode_graph_context
+from ..scene_graph import SceneGraph
+
+__all__ = ["OPPOSITE_PREDICATES", "graph_sensitivity"]
+
+OPPOSITE_PREDICATES = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "moving toward": "moving away from",
+    "moving away from": "moving toward",
+}
+
+
+def _other_category(name: str, categories: Sequence[str]) -> str:
+    """The next category of the vocabulary after ``name`` (cyclically): a different colour or shape."""
+    index = categories.index(name) if name in categories else -1
+    return categories[(index + 1) % len(categories)]
+
+
+def _changed_object(graph: SceneGraph, categories: Sequence[str]) -> SceneGraph:
+    first = graph.objects[0]
+    changed = dataclasses.replace(first, name=_other_category(first.name, categories))
+    return dataclasses.replace(graph, objects=(changed, *graph.objects[1:]))
+
+
+def _flipped_predicates(graph: SceneGraph, known: set[str]) -> SceneGraph | None:
+    """Every predicate with an opposite in the vocabulary replaced by it; None when there is none."""
+    flipped, changed = [], False
+    for rel in graph.relationships:
+        opposite = OPPOSITE_PREDICATES.get(rel.predicate)
+        if opposite is not None and opposite in known:
+            rel, changed = dataclasses.replace(rel, predicate=opposite), True
+        flipped.append(rel)
+    return dataclasses.replace(graph, relationships=tuple(flipped)) if changed else None
+
+
+@torch.no_grad()
+def graph_sensitivity(
+    pipe,
+    graphs: Iterable[SceneGraph],
+    timesteps: Sequence[int] = (900, 500, 200),
+    num_frames: int = 16,
+    seed: int = 0,
+) -> dict:
+    """The denoiser's relative output change under the null graph, a changed object and flipped
+    predicates, per timestep.
+
+    Args:
+        pipe: a :class:`SceneGraphToVideoPipeline` with a vocabulary (its UNet, encoder and scheduler
+            are used; the VAE is not).
+        graphs: parsed scene graphs (``parse_scene_graphs(..., vocab=pipe.vocab)``).
+        timesteps: the training timesteps to probe (0 = clean, ``num_train_timesteps - 1`` = noise).
+        num_frames: F of the probed latents.
+        seed: the latents: ``randn`` of the UNet's input shape, one draw per graph and timestep, the same
+            for the graph and its changed versions.
+
+    Returns:
+        ``{"num_graphs": G, "num_with_predicates": Gp, "timesteps": {t: {"null_graph": x,
+        "object_category": y, "predicates": z or None}}}``, and the means over timesteps under
+        ``"mean"``.
+    """
+    if pipe.vocab is None:
+        raise ValueError("pipe has no vocabulary (sg_encoder.vocab): graphs cannot be encoded")
+    unet, encoder = pipe.unet, pipe.sg_encoder
+    categories = pipe.vocab.object_names
+    known = set(pipe.vocab.predicate_names)
+    num_train = pipe.scheduler.config.num_train_timesteps
+    for t in timesteps:
+        if not 0 <= int(t) < num_train:
+            raise ValueError(f"timesteps: {t} is outside [0, {num_train})")
+    size = unet.config.sample_size
+    shape = (unet.config.in_channels, num_frames, size, size)
+    device, dtype = unet.device, unet.dtype
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("graphs: no scene graphs to probe")
+
+    sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, "predicates": 0.0} for t in timesteps}
+    with_predicates = 0
+    generator = torch.Generator().manual_seed(seed)
+    for graph in graphs:
+        flipped = _flipped_predicates(graph, known)
+        with_predicates += flipped is not None
+        variants = [graph, graph, _changed_object(graph, categories)] + ([flipped] if flipped is not None else [])
+        batch = collate_scene_graphs(variants, pipe.vocab).to(device)
+        drop = torch.zeros(len(variants), dtype=torch.bool, device=device)
+        drop[1] = True  # the second copy becomes the null graph
+        context = encode_graph_context(encoder, unet, batch, num_frames, drop=drop)
+        for t in timesteps:
+            latents = torch.randn(shape, generator=generator).to(device, dtype)
+            latents = latents.expand(len(variants), *shape)
+            step = torch.full((len(variants),), int(t), device=device)
+            out = unet(latents, step, graph_context=context).sample.float()
+            scale = out[0].norm().clamp_min(1e-12)
+            change = lambda i: ((out[i] - out[0]).norm() / scale).item()  # noqa: E731
+            sums[int(t)]["null_graph"] += change(1)
+            sums[int(t)]["object_category"] += change(2)
+            if flipped is not None:
+                sums[int(t)]["predicates"] += change(3)
+
+    per_step = {}
+    for t, row in sums.items():
+        per_step[t] = {
+            "null_graph": row["null_graph"] / len(graphs),
+            "object_category": row["object_category"] / len(graphs),
+            "predicates": row["predicates"] / with_predicates if with_predicates else None,
+        }
+    mean = {
+        key: (sum(row[key] for row in per_step.values()) / len(per_step) if with_predicates or key != "predicates" else None)
+        for key in ("null_graph", "object_category", "predicates")
+    }
+    return {"num_graphs": len(graphs), "num_with_predicates": with_predicates, "timesteps": per_step, "mean": mean}
