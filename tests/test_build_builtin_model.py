@@ -73,9 +73,9 @@ def test_stage_times_add_up_over_resumed_training_and_are_replaced_when_a_stage_
 
 def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):
     recipe = load_recipe()
-    recipe.record_leg(tmp_path, from_step=0, flags=["--max_train_steps", "3500"], seconds=4770)
+    recipe.record_leg(tmp_path, from_step=0, to_step=3500, seconds=4770)
     assert recipe.legs_text(tmp_path) == ""  # one leg: the preset says it all
-    recipe.record_leg(tmp_path, from_step=3500, flags=["--max_train_steps", "9000"], seconds=5400)
-    recipe.record_leg(tmp_path, from_step=9000, flags=["--max_train_steps", "9000"], seconds=3)  # nothing left
+    recipe.record_leg(tmp_path, from_step=3500, to_step=9000, seconds=5400)
+    recipe.record_leg(tmp_path, from_step=9000, to_step=9000, seconds=3)  # nothing left
     text = recipe.legs_text(tmp_path)
     assert "2 legs" in text and "0->3500 (80 min)" in text and "3500->9000 (90 min)" in text

@@ -17,12 +17,7 @@ from sg2vid_diffusers.video_io import read_video
 GRAPH = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

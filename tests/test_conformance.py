@@ -2,18 +2,10 @@ import numpy as np
 import pytest
 
 from sg2vid_diffusers import SceneGraph, SceneGraphError
-from sg2vid_diffusers.data.sg_shapes import COLORS, SGShapesClip, ShapeTrack, generate_clip
+from sg2vid_diffusers.data.sg_shapes import COLORS, OPPOSITE_PREDICATES, SGShapesClip, ShapeTrack, generate_clip
 from sg2vid_diffusers.evaluation.conformance import detect_objects, score_video, summarize
 from sg2vid_diffusers.scene_graph import Relationship, SceneObject
 
-OPPOSITE = {
-    "left of": "right of",
-    "right of": "left of",
-    "above": "below",
-    "below": "above",
-    "moving toward": "moving away from",
-    "moving away from": "moving toward",
-}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def test_swapped_predicates_fail(clips):
     scores = []
     for clip, graph in clips:
         swapped = tuple(
-            Relationship(r.subject, OPPOSITE[r.predicate], r.object, r.time) for r in graph.relationships
+            Relationship(r.subject, OPPOSITE_PREDICATES[r.predicate], r.object, r.time) for r in graph.relationships
         )
         scores.append(score_video(clip.render(), SceneGraph(graph.objects, swapped)))
     report = summarize(scores)

@@ -190,7 +190,7 @@ def stage_video(args, preset, work: Path) -> None:
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
-    checkpoints = list_checkpoints(out) if out.is_dir() else []
+    checkpoints = list_checkpoints(out)  # empty before the first run
     start = time.time()
     run(training_script(args, "train_video.py") + [
         "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
@@ -199,16 +199,21 @@ def stage_video(args, preset, work: Path) -> None:
         "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
         "--seed", str(args.seed), *preset["video"],
     ])  # fmt: skip
-    record_leg(work, from_step=checkpoints[-1][0] if checkpoints else 0, flags=preset["video"], seconds=time.time() - start)
+    from_step = checkpoints[-1][0] if checkpoints else 0
+    record_leg(work, from_step, int(option(preset["video"], "--max_train_steps")), seconds=time.time() - start)
 
 
-def record_leg(work: Path, from_step: int, flags: list[str], seconds: float) -> None:
+def option(flags: list[str], name: str) -> str:
+    """The value of ``name`` in a preset's command-line flags."""
+    return flags[flags.index(name) + 1]
+
+
+def record_leg(work: Path, from_step: int, to_step: int, seconds: float) -> None:
     """Add one run of the video stage to WORK/video_legs.json. A run resumed after ``--max_train_steps`` was
     raised is a second leg: its learning-rate schedule follows the new total from the step it resumes at,
     so the legs say how the model was really trained."""
     path = work / "video_legs.json"
     legs = json.loads(path.read_text()) if path.is_file() else []
-    to_step = int(flags[flags.index("--max_train_steps") + 1])
     legs.append({"from_step": from_step, "to_step": to_step, "seconds": round(seconds, 1)})
     atomic_write_text(path, json.dumps(legs, indent=1))
 
@@ -304,7 +309,6 @@ def guidance_text(work: Path) -> str:
 def recipe_section(args, preset, work: Path) -> str:
     """The model card's record of every stage: what it made, its figures and its wall time."""
     times = json.loads((work / "stage_times.json").read_text()) if (work / "stage_times.json").is_file() else {}
-    option = lambda flags, name: flags[flags.index(name) + 1]  # noqa: E731
     retrieval_file = work / "encoder" / "retrieval.json"
     retrieval = json.loads(retrieval_file.read_text()) if retrieval_file.is_file() else {}
     r1 = lambda figures: f"{figures['graph_to_video_recall@1']:.3f}" if figures else "n/a"  # noqa: E731

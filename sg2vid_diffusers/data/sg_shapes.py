@@ -31,6 +31,7 @@ __all__ = [
     "PREDICATES",
     "STATIC_PREDICATES",
     "DYNAMIC_PREDICATES",
+    "OPPOSITE_PREDICATES",
     "SPLITS",
     "ShapeTrack",
     "SGShapesClip",
@@ -57,6 +58,15 @@ CATEGORIES = tuple(f"{color} {shape}" for color in COLORS for shape in SHAPES)
 STATIC_PREDICATES = ("left of", "right of", "above", "below")
 DYNAMIC_PREDICATES = ("moving toward", "moving away from")
 PREDICATES = STATIC_PREDICATES + DYNAMIC_PREDICATES
+# Each predicate's converse: "a left of b" holds exactly when "a right of b" does not (and so on).
+OPPOSITE_PREDICATES = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "moving toward": "moving away from",
+    "moving away from": "moving toward",
+}
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 
 MAX_OBJECTS = 4

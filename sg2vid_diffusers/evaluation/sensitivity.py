@@ -22,18 +22,10 @@ import torch
 
 from ..batching import collate_scene_graphs
 from ..conditioning import encode_graph_context
+from ..data.sg_shapes import OPPOSITE_PREDICATES
 from ..scene_graph import SceneGraph
 
-__all__ = ["OPPOSITE_PREDICATES", "graph_sensitivity"]
-
-OPPOSITE_PREDICATES = {
-    "left of": "right of",
-    "right of": "left of",
-    "above": "below",
-    "below": "above",
-    "moving toward": "moving away from",
-    "moving away from": "moving toward",
-}
+__all__ = ["graph_sensitivity"]
 
 
 def _other_category(name: str, categories: Sequence[str]) -> str:
@@ -130,8 +122,6 @@ def graph_sensitivity(
             "object_category": row["object_category"] / len(graphs),
             "predicates": row["predicates"] / with_predicates if with_predicates else None,
         }
-    mean = {
-        key: (sum(row[key] for row in per_step.values()) / len(per_step) if with_predicates or key != "predicates" else None)
-        for key in ("null_graph", "object_category", "predicates")
-    }
+    mean = {key: sum(row[key] for row in per_step.values()) / len(per_step) for key in ("null_graph", "object_category")}
+    mean["predicates"] = sum(row["predicates"] for row in per_step.values()) / len(per_step) if with_predicates else None
     return {"num_graphs": len(graphs), "num_with_predicates": with_predicates, "timesteps": per_step, "mean": mean}
