@@ -1,6 +1,6 @@
-"""The parts of ``training/train_video.py`` worth testing on their own: graph dropout, the frozen
-VAE's latents, the diffusion loss (Min-SNR weighting), which weights train, the data order, and
-kill-safe checkpoints.
+"""The parts of ``training/train_video.py`` worth testing on their own: graph dropout, frame
+windows, the frozen VAE's latents, the diffusion loss (Min-SNR weighting), which weights train, the
+data order, and kill-safe checkpoints.
 
 The script stays a plain loop; everything here is a small function of tensors and modules.
 """
@@ -39,10 +39,12 @@ __all__ = [
     "find_resume_checkpoint",
     "list_checkpoints",
     "resize_videos",
+    "sample_frame_windows",
     "sample_graph_dropout",
     "save_checkpoint",
     "set_trainable_parameters",
     "step_generator",
+    "take_frame_windows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,16 +90,66 @@ class GraphConditionedDenoiser(nn.Module):
         graphs: SceneGraphBatch,
         drop: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
+        frame_starts: torch.Tensor | None = None,
+        num_clip_frames: int | None = None,
     ) -> torch.Tensor:
         """(B, C, F, h, w) noisy latents, (B,) timesteps, B graphs, (B,) dropped graphs, optional
-        (B, T, D) text states -> (B, C, F, h, w) model output."""
+        (B, T, D) text states -> (B, C, F, h, w) model output.
+
+        With ``frame_starts`` ((B,) long) the latents are windows of F consecutive frames of clips of
+        ``num_clip_frames`` frames (:func:`take_frame_windows`): the graph context is computed for the
+        whole clip, so that time spans keep their meaning, and each window gets its own frames' tokens.
+        """
         num_frames = noisy_latents.shape[2]
+        if frame_starts is not None and num_clip_frames is None:
+            raise ValueError("frame_starts needs num_clip_frames, the length of the clips the windows come from")
         # Outside autocast: the encoder's scatter-adds need one dtype throughout (it is small anyway).
         with torch.autocast(noisy_latents.device.type, enabled=False):
-            context = encode_graph_context(self.sg_encoder, self.unet, graphs, num_frames, drop=drop)
+            if frame_starts is None:
+                context = encode_graph_context(self.sg_encoder, self.unet, graphs, num_frames, drop=drop)
+            else:
+                context = encode_graph_context(self.sg_encoder, self.unet, graphs, num_clip_frames, drop=drop)
+                context = _window_context(context, frame_starts, num_clip_frames, num_frames)
         return self.unet(
             noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states, graph_context=context
         ).sample
+
+
+def sample_frame_windows(
+    num_frames: int, window: int, batch_size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B,) long: the first frame of a window of ``window`` consecutive frames in each of B clips of
+    ``num_frames`` frames, uniform over the ``num_frames - window + 1`` positions."""
+    if not 1 <= window <= num_frames:
+        raise ValueError(f"frame window must be in [1, {num_frames}] (the clips' frames), got {window}")
+    return torch.randint(0, num_frames - window + 1, (batch_size,), generator=generator)
+
+
+def _window_index(frame_starts: torch.Tensor, window: int) -> torch.Tensor:
+    """(B,) starts -> (B, W) frame indices."""
+    return frame_starts[:, None] + torch.arange(window, device=frame_starts.device)
+
+
+def take_frame_windows(latents: torch.Tensor, frame_starts: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, C, F, h, w) latents -> (B, C, W, h, w): frames ``start .. start + W - 1`` of each clip."""
+    batch, channels, num_frames, height, width = latents.shape
+    if frame_starts.shape != (batch,):
+        raise ValueError(f"frame_starts must have shape ({batch},), got {tuple(frame_starts.shape)}")
+    if int(frame_starts.min()) < 0 or int(frame_starts.max()) + window > num_frames:
+        raise ValueError(f"frame windows of {window} frames starting at {frame_starts.tolist()} leave the {num_frames} frames")
+    index = _window_index(frame_starts.to(latents.device), window)  # (B, W)
+    return latents.gather(2, index[:, None, :, None, None].expand(batch, channels, window, height, width))
+
+
+def _window_context(context: GraphContext, frame_starts: torch.Tensor, num_clip_frames: int, window: int) -> GraphContext:
+    """A (B*F, L, C) context of whole clips -> the (B*W, L, C) context of their frame windows."""
+    index = _window_index(frame_starts.to(context.hidden_states.device), window)  # (B, W)
+    batch = frame_starts.shape[0]
+    states = rearrange(context.hidden_states, "(b f) l c -> b f l c", b=batch, f=num_clip_frames)
+    mask = rearrange(context.mask, "(b f) l -> b f l", b=batch, f=num_clip_frames)
+    states = states.gather(1, index[:, :, None, None].expand(-1, -1, *states.shape[2:]))
+    mask = mask.gather(1, index[:, :, None].expand(-1, -1, mask.shape[2]))
+    return GraphContext(rearrange(states, "b w l c -> (b w) l c"), rearrange(mask, "b w l -> (b w) l"))
 
 
 def set_trainable_parameters(

@@ -44,7 +44,9 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
-    assert [(leg["from_step"], leg["to_step"]) for leg in legs] == [(0, 2)] and "legs" not in card
+    # The smoke preset's two legs, the second on frame windows, as the card says.
+    assert [(leg["from_step"], leg["to_step"], leg["flags"]) for leg in legs] == [(0, 2, []), (2, 3, ["--frame_window", "2"])]
+    assert "trained in 2 legs" in card and "2->3" in card and "`--frame_window 2`" in card
 
     # Rerunning skips finished stages (nothing to train again, no time added); evaluating again
     # replaces the card's quality table instead of adding a second one.
@@ -73,9 +75,12 @@ def test_stage_times_add_up_over_resumed_training_and_are_replaced_when_a_stage_
 
 def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):
     recipe = load_recipe()
-    recipe.record_leg(tmp_path, from_step=0, to_step=3500, seconds=4770)
+    recipe.record_leg(tmp_path, from_step=0, to_step=3500, seconds=1200)  # interrupted at 1000 ...
+    recipe.record_leg(tmp_path, from_step=1000, to_step=3500, seconds=3570)  # ... and resumed: one leg
     assert recipe.legs_text(tmp_path) == ""  # one leg: the preset says it all
     recipe.record_leg(tmp_path, from_step=3500, to_step=9000, seconds=5400)
     recipe.record_leg(tmp_path, from_step=9000, to_step=9000, seconds=3)  # nothing left
+    recipe.record_leg(tmp_path, from_step=9000, to_step=14000, seconds=6000, flags=["--frame_window", "4"])
     text = recipe.legs_text(tmp_path)
-    assert "2 legs" in text and "0->3500 (80 min)" in text and "3500->9000 (90 min)" in text
+    assert "3 legs" in text and "0->3500 (80 min)" in text and "3500->9000 (90 min)" in text
+    assert "9000->14000 (100 min, `--frame_window 4`)" in text

@@ -26,11 +26,14 @@ from sg2vid_diffusers.data.video_folder import make_sg_shapes_dataset
 from sg2vid_diffusers.models.unet_3d_graph import is_graph_weight, lora_target_modules
 from sg2vid_diffusers.training_utils import (
     EpochBatches,
+    GraphConditionedDenoiser,
     diffusion_loss,
     encode_videos,
     resize_videos,
+    sample_frame_windows,
     sample_graph_dropout,
     set_trainable_parameters,
+    take_frame_windows,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +210,8 @@ def test_training_from_a_unet_config_with_everything_switched_on(work):
     train(
         "--unet_config", work / "unet_config.json", "--vae_config", vae_config, "--sg_encoder", work / "encoder",
         *common(work, out, "--max_train_steps", 2, "--gradient_checkpointing", "--prediction_type", "v_prediction",
-                "--snr_gamma", 5, "--train_sg_encoder", "--graph_dropout", 0.5, "--gradient_accumulation_steps", 2),
+                "--snr_gamma", 5, "--train_sg_encoder", "--graph_dropout", 0.5, "--gradient_accumulation_steps", 2,
+                "--frame_window", 2),
     )  # fmt: skip
 
     generate(out)
@@ -290,6 +294,8 @@ def test_clip_shape_mismatches_fail_before_training_with_a_clear_message(work, t
         train(*base, "--resolution", 24)
     with pytest.raises(ValueError, match=r"--num_frames 8, but the clips have 4 frames after --frame_stride 1"):
         train(*base, "--num_frames", 8)
+    with pytest.raises(ValueError, match=r"--frame_window 5 is longer than the clips \(4 frames\)"):
+        train(*base, "--frame_window", 5)
     with pytest.raises(ValueError, match="needs --sg_encoder"):
         train(*base[2:], "--pretrained_model_name_or_path", tiny_text_to_video_folder(tmp_path / "t2v"))
     assert not (tmp_path / "out").exists()
@@ -355,6 +361,38 @@ def test_graph_dropout_gives_null_contexts_at_the_requested_rate():
             assert torch.equal(dropped.mask[rows], kept.mask[rows]) and mask[b, :, :-1].any()
     # GRAPHS[1]'s relation holds in frames 0 and 1 of 4 only: its tokens are per frame
     assert mask[1, 0].sum() == mask[1, 3].sum() + 1 and not torch.equal(states[1, 0], states[1, 3])
+
+
+def test_frame_windows_take_their_frames_and_their_frames_graph_tokens():
+    starts = sample_frame_windows(16, 4, 5000, torch.Generator().manual_seed(0))
+    assert starts.min() == 0 and starts.max() == 12 and len(starts.unique()) == 13  # every position, none past
+    with pytest.raises(ValueError, match=r"frame window must be in \[1, 4\]"):
+        sample_frame_windows(4, 5, 2)
+
+    latents = torch.randn(2, 3, 4, 2, 2)
+    windows = take_frame_windows(latents, torch.tensor([0, 2]), 2)
+    assert torch.equal(windows[0], latents[0, :, 0:2]) and torch.equal(windows[1], latents[1, :, 2:4])
+    with pytest.raises(ValueError, match="leave the 4 frames"):
+        take_frame_windows(latents, torch.tensor([0, 3]), 2)
+
+    # GRAPHS[1]'s timed triple holds in frames 0 and 1 of 4: the window at frame 0 hears it, the one at 2 not.
+    unet, encoder = tiny_unet(), tiny_encoder()
+    denoiser = GraphConditionedDenoiser(unet, encoder).eval()
+    graphs = collate_scene_graphs(GRAPHS, sg_shapes_vocabulary())
+    noisy, timesteps, keep = torch.randn(2, 4, 2, 8, 8), torch.tensor([10, 500]), torch.zeros(2, dtype=torch.bool)
+    with torch.no_grad():
+        full = encode_graph_context(encoder, unet, graphs, 4)
+        for starts in (torch.tensor([0, 0]), torch.tensor([2, 2]), torch.tensor([1, 2])):
+            got = denoiser(noisy, timesteps, graphs, keep, frame_starts=starts, num_clip_frames=4)
+            rows = torch.cat([b * 4 + starts[b] + torch.arange(2) for b in range(2)])  # the windows' frames
+            sliced = type(full)(full.hidden_states[rows], full.mask[rows])
+            expected = unet(noisy, timesteps, graph_context=sliced).sample
+            torch.testing.assert_close(got, expected)
+        early = denoiser(noisy, timesteps, graphs, keep, frame_starts=torch.tensor([0, 0]), num_clip_frames=4)
+        late = denoiser(noisy, timesteps, graphs, keep, frame_starts=torch.tensor([2, 2]), num_clip_frames=4)
+    assert torch.equal(early[0], late[0]) and not torch.allclose(early[1], late[1])  # static graph 0, timed graph 1
+    with pytest.raises(ValueError, match="needs num_clip_frames"):
+        denoiser(noisy, timesteps, graphs, keep, frame_starts=torch.tensor([0, 0]))
 
 
 def test_min_snr_weighting():

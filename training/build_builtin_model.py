@@ -70,9 +70,19 @@ PRESETS = {
         # The encoder is fine-tuned with the UNet (SGDiff freezes it; at this size training it end to end
         # teaches it the layout the denoiser needs).
         "video": ["--cache_latents", "--train_sg_encoder", "--train_batch_size", "8", "--learning_rate", "6e-4",
-                  "--lr_scheduler", "cosine", "--lr_warmup_steps", "150", "--max_train_steps", "9000", "--use_ema",
+                  "--lr_scheduler", "cosine", "--lr_warmup_steps", "150", "--use_ema",
                   "--ema_decay", "0.998", "--snr_gamma", "5", "--graph_dropout", "0.1",
                   "--prediction_type", "v_prediction", "--validation_steps", "1000"],
+        # The video stage trains in legs, each resumed from the last one's final checkpoint with its own
+        # --max_train_steps (the cosine schedule follows the new total from the step it resumes at) and
+        # flags: the shipped model's history, as it was trained. The last leg trains on 4-frame windows of
+        # 32 clips (about the same compute per step, 4x the clips; a third of the clips are still scenes,
+        # one image 16 times).
+        "video_legs": [
+            {"max_train_steps": 3500},
+            {"max_train_steps": 9000},
+            {"max_train_steps": 13500, "flags": ["--train_batch_size", "32", "--frame_window", "4"]},
+        ],
         "checkpointing_steps": "250",
         "guidance_scales": [1.0, 2.0, 4.0, 6.0],
         "guidance_graphs": 24,
@@ -92,8 +102,9 @@ PRESETS = {
                  "cross_attention_dim": 16, "attention_head_dim": 4,
                  "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
                  "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"]},
-        "video": ["--train_batch_size", "2", "--max_train_steps", "2", "--lr_warmup_steps", "0", "--resolution", "32",
+        "video": ["--train_batch_size", "2", "--lr_warmup_steps", "0", "--resolution", "32",
                   "--num_validation_inference_steps", "2"],
+        "video_legs": [{"max_train_steps": 2}, {"max_train_steps": 3, "flags": ["--frame_window", "2"]}],
         "checkpointing_steps": "1",
         "inference": ["--num-inference-steps", "2"],
         "guidance_scales": [1.0, 4.0],
@@ -183,24 +194,34 @@ def stage_vae(args, preset, work: Path) -> None:
     ])  # fmt: skip
 
 
+def video_done(out: Path) -> int:
+    """The step of the video stage's last checkpoint (0 before the first)."""
+    checkpoints = list_checkpoints(out)
+    return checkpoints[-1][0] if checkpoints else 0
+
+
 def stage_video(args, preset, work: Path) -> None:
     out = work / "video"
-    if (out / "model_index.json").is_file():
+    final_steps = preset["video_legs"][-1]["max_train_steps"]
+    if (out / "model_index.json").is_file() and video_done(out) >= final_steps:
         return False
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
-    checkpoints = list_checkpoints(out)  # empty before the first run
-    start = time.time()
-    run(training_script(args, "train_video.py") + [
-        "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
-        "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
-        "--validation_graphs", str(graphs), "--checkpointing_steps", preset["checkpointing_steps"],
-        "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
-        "--seed", str(args.seed), *preset["video"],
-    ])  # fmt: skip
-    from_step = checkpoints[-1][0] if checkpoints else 0
-    record_leg(work, from_step, int(option(preset["video"], "--max_train_steps")), seconds=time.time() - start)
+    for leg in preset["video_legs"]:
+        from_step = video_done(out)
+        if from_step >= leg["max_train_steps"]:
+            continue  # trained by an earlier run
+        start = time.time()
+        run(training_script(args, "train_video.py") + [
+            "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
+            "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
+            "--validation_graphs", str(graphs), "--checkpointing_steps", preset["checkpointing_steps"],
+            "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
+            "--seed", str(args.seed), *preset["video"], "--max_train_steps", str(leg["max_train_steps"]),
+            *leg.get("flags", []),
+        ])  # fmt: skip
+        record_leg(work, from_step, leg["max_train_steps"], seconds=time.time() - start, flags=leg.get("flags", []))
 
 
 def option(flags: list[str], name: str) -> str:
@@ -208,25 +229,36 @@ def option(flags: list[str], name: str) -> str:
     return flags[flags.index(name) + 1]
 
 
-def record_leg(work: Path, from_step: int, to_step: int, seconds: float) -> None:
-    """Add one run of the video stage to WORK/video_legs.json. A run resumed after ``--max_train_steps`` was
-    raised is a second leg: its learning-rate schedule follows the new total from the step it resumes at,
-    so the legs say how the model was really trained."""
+def record_leg(work: Path, from_step: int, to_step: int, seconds: float, flags: list[str] = ()) -> None:
+    """Add one run of the video stage to WORK/video_legs.json: the steps it trained, its wall time and
+    the flags it added to the preset's. A run interrupted and resumed within a leg is two records of
+    the same leg, which :func:`legs_text` merges."""
     path = work / "video_legs.json"
     legs = json.loads(path.read_text()) if path.is_file() else []
-    legs.append({"from_step": from_step, "to_step": to_step, "seconds": round(seconds, 1)})
+    legs.append({"from_step": from_step, "to_step": to_step, "seconds": round(seconds, 1), "flags": list(flags)})
     atomic_write_text(path, json.dumps(legs, indent=1))
 
 
 def legs_text(work: Path) -> str:
+    """The video stage's legs for the model card ("" for a single leg: the preset says it all)."""
     path = work / "video_legs.json"
-    legs = json.loads(path.read_text()) if path.is_file() else []
-    legs = [leg for leg in legs if leg["to_step"] > leg["from_step"]]  # a rerun with nothing left to train
+    records = json.loads(path.read_text()) if path.is_file() else []
+    legs: dict[int, dict] = {}  # by the step it trains to
+    for record in records:
+        if record["to_step"] <= record["from_step"]:
+            continue  # a rerun with nothing left to train
+        leg = legs.setdefault(record["to_step"], {**record, "seconds": 0.0})
+        leg["from_step"] = min(leg["from_step"], record["from_step"])
+        leg["seconds"] += record["seconds"]
     if len(legs) < 2:
         return ""
-    steps = ", ".join(f"{leg['from_step']}->{leg['to_step']} ({leg['seconds'] / 60:.0f} min)" for leg in legs)
-    return (f"; trained in {len(legs)} legs, {steps}, each resumed from the last checkpoint after "
-            "`--max_train_steps` was raised (the cosine schedule then follows the new total from the step it resumes at)")
+    steps = ", ".join(
+        f"{leg['from_step']}->{leg['to_step']} ({leg['seconds'] / 60:.0f} min"
+        + (f", `{' '.join(leg['flags'])}`" if leg.get("flags") else "") + ")"
+        for leg in sorted(legs.values(), key=lambda leg: leg["to_step"])
+    )
+    return (f"; trained in {len(legs)} legs, {steps}, each resumed from the last one's final checkpoint with a new "
+            "`--max_train_steps` (the cosine schedule then follows the new total from the step it resumes at)")
 
 
 def guidance_score(row: dict) -> float:
@@ -324,8 +356,8 @@ def recipe_section(args, preset, work: Path) -> str:
         ("vae", f"frame autoencoder (`train_vae.py`), {option(preset['vae'], '--max_train_steps')} steps; its "
                 f"reconstructions of validation clips: {vae_figures}"),
         ("video", f"the UNet from scratch with the encoder fine-tuned (`train_video.py`, above), "
-                  f"{option(preset['video'], '--max_train_steps')} steps of {option(preset['video'], '--train_batch_size')} "
-                  f"clips{legs_text(work)}"),
+                  f"{preset['video_legs'][-1]['max_train_steps']} steps, batches of "
+                  f"{option(preset['video'], '--train_batch_size')} clips{legs_text(work)}"),
         ("guidance", guidance_text(work)),
     ]  # fmt: skip
     lines = [

@@ -82,10 +82,12 @@ from sg2vid_diffusers.training_utils import (
     find_resume_checkpoint,
     push_output_to_hub,
     resize_videos,
+    sample_frame_windows,
     sample_graph_dropout,
     save_checkpoint,
     set_trainable_parameters,
     step_generator,
+    take_frame_windows,
 )
 from sg2vid_diffusers.utils import atomic_path, atomic_write_text
 from sg2vid_diffusers.video_io import write_video
@@ -151,6 +153,15 @@ def parse_args(argv=None):
     data.add_argument("--frame_stride", type=int, default=1, help="Keep every n-th frame of each clip.")
     data.add_argument("--num_frames", type=int, default=None, help="Frames per clip after the stride (checked).")
     data.add_argument(
+        "--frame_window",
+        type=int,
+        default=None,
+        help="Train on W consecutive frames of each clip, at a random position per clip and step, instead of "
+        "all its frames: with a batch W/F times larger, the same compute sees F/W times more clips per step "
+        "(clips of still scenes repeat one image F times). Each window keeps its frames' graph tokens "
+        "(time spans are read on the whole clip). Default: the whole clip.",
+    )
+    data.add_argument(
         "--resolution",
         type=int,
         default=None,
@@ -184,8 +195,9 @@ def parse_args(argv=None):
     if args.rank is not None and args.train_unet:
         parser.error("--rank and --train_unet exclude each other (LoRA or the whole UNet)")
     check_training_arguments(
-        parser, args, positive=("frame_stride", "num_validation_inference_steps", "rank", "num_frames", "resolution")
-    )
+        parser, args,
+        positive=("frame_stride", "num_validation_inference_steps", "rank", "num_frames", "resolution", "frame_window"),
+    )  # fmt: skip
     if not 0 <= args.graph_dropout <= 1:
         parser.error(f"--graph_dropout must be in [0, 1], got {args.graph_dropout}")
     return args
@@ -392,6 +404,8 @@ def check_clip_shape(args, clip_frames, vae_scale_factor):
             f"--num_frames {args.num_frames}, but the clips have {num_frames} frames after --frame_stride "
             f"{args.frame_stride}: choose the stride that gives {args.num_frames} frames"
         )
+    if args.frame_window is not None and args.frame_window > args.num_frames:
+        raise ValueError(f"--frame_window {args.frame_window} is longer than the clips ({args.num_frames} frames)")
     if args.resolution is None:
         args.resolution = height
     if height != width or height % args.resolution:
@@ -689,6 +703,10 @@ def main(args):
                 # In float32, outside autocast: half-precision VAEs can overflow (SDXL's does).
                 latents = encode_videos(vae, videos, generator=generator)  # (B, C, F, h, w)
             batch_size = latents.shape[0]
+            frame_starts = None
+            if args.frame_window is not None:  # drawn from this micro-batch's generator like every draw
+                frame_starts = sample_frame_windows(args.num_frames, args.frame_window, batch_size, generator)
+                latents = take_frame_windows(latents, frame_starts.to(latents.device), args.frame_window)
             noise = torch.randn(latents.shape, generator=generator).to(latents.device)
             num_train_timesteps = noise_scheduler.config.num_train_timesteps
             timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator).to(latents.device)
@@ -704,7 +722,11 @@ def main(args):
 
             last = micro == args.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                model_pred = model(noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states)
+                model_pred = model(
+                    noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states,
+                    frame_starts=None if frame_starts is None else frame_starts.to(latents.device),
+                    num_clip_frames=args.num_frames,
+                )  # fmt: skip
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
                 accelerator.backward(loss / args.gradient_accumulation_steps)
             step_loss += loss.item() / args.gradient_accumulation_steps
