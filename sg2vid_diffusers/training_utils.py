@@ -136,12 +136,16 @@ def take_frame_windows(latents: torch.Tensor, frame_starts: torch.Tensor, window
     if frame_starts.shape != (batch,):
         raise ValueError(f"frame_starts must have shape ({batch},), got {tuple(frame_starts.shape)}")
     if int(frame_starts.min()) < 0 or int(frame_starts.max()) + window > num_frames:
-        raise ValueError(f"frame windows of {window} frames starting at {frame_starts.tolist()} leave the {num_frames} frames")
+        raise ValueError(
+            f"frame windows of {window} frames starting at {frame_starts.tolist()} leave the {num_frames} frames"
+        )
     index = _window_index(frame_starts.to(latents.device), window)  # (B, W)
     return latents.gather(2, index[:, None, :, None, None].expand(batch, channels, window, height, width))
 
 
-def _window_context(context: GraphContext, frame_starts: torch.Tensor, num_clip_frames: int, window: int) -> GraphContext:
+def _window_context(
+    context: GraphContext, frame_starts: torch.Tensor, num_clip_frames: int, window: int
+) -> GraphContext:
     """A (B*F, L, C) context of whole clips -> the (B*W, L, C) context of their frame windows."""
     index = _window_index(frame_starts.to(context.hidden_states.device), window)  # (B, W)
     batch = frame_starts.shape[0]
