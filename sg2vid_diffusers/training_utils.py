@@ -125,34 +125,32 @@ def sample_frame_windows(
     return torch.randint(0, num_frames - window + 1, (batch_size,), generator=generator)
 
 
-def _window_index(frame_starts: torch.Tensor, window: int) -> torch.Tensor:
-    """(B,) starts -> (B, W) frame indices."""
-    return frame_starts[:, None] + torch.arange(window, device=frame_starts.device)
+def _take_frames(x: torch.Tensor, frame_starts: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Frames ``start .. start + window - 1`` of each sample along ``dim`` (dim 0 is the batch)."""
+    index = frame_starts.to(x.device)[:, None] + torch.arange(window, device=x.device)  # (B, W)
+    shape = [index.shape[0] if d == 0 else window if d == dim else 1 for d in range(x.ndim)]
+    return x.gather(dim, index.view(shape).expand(*[window if d == dim else x.shape[d] for d in range(x.ndim)]))
 
 
 def take_frame_windows(latents: torch.Tensor, frame_starts: torch.Tensor, window: int) -> torch.Tensor:
     """(B, C, F, h, w) latents -> (B, C, W, h, w): frames ``start .. start + W - 1`` of each clip."""
-    batch, channels, num_frames, height, width = latents.shape
+    batch, num_frames = latents.shape[0], latents.shape[2]
     if frame_starts.shape != (batch,):
         raise ValueError(f"frame_starts must have shape ({batch},), got {tuple(frame_starts.shape)}")
     if int(frame_starts.min()) < 0 or int(frame_starts.max()) + window > num_frames:
         raise ValueError(
             f"frame windows of {window} frames starting at {frame_starts.tolist()} leave the {num_frames} frames"
         )
-    index = _window_index(frame_starts.to(latents.device), window)  # (B, W)
-    return latents.gather(2, index[:, None, :, None, None].expand(batch, channels, window, height, width))
+    return _take_frames(latents, frame_starts, window, dim=2)
 
 
 def _window_context(
     context: GraphContext, frame_starts: torch.Tensor, num_clip_frames: int, window: int
 ) -> GraphContext:
     """A (B*F, L, C) context of whole clips -> the (B*W, L, C) context of their frame windows."""
-    index = _window_index(frame_starts.to(context.hidden_states.device), window)  # (B, W)
-    batch = frame_starts.shape[0]
-    states = rearrange(context.hidden_states, "(b f) l c -> b f l c", b=batch, f=num_clip_frames)
-    mask = rearrange(context.mask, "(b f) l -> b f l", b=batch, f=num_clip_frames)
-    states = states.gather(1, index[:, :, None, None].expand(-1, -1, *states.shape[2:]))
-    mask = mask.gather(1, index[:, :, None].expand(-1, -1, mask.shape[2]))
+    states = rearrange(context.hidden_states, "(b f) l c -> b f l c", f=num_clip_frames)
+    mask = rearrange(context.mask, "(b f) l -> b f l", f=num_clip_frames)
+    states, mask = _take_frames(states, frame_starts, window, dim=1), _take_frames(mask, frame_starts, window, dim=1)
     return GraphContext(rearrange(states, "b w l c -> (b w) l c"), rearrange(mask, "b w l -> (b w) l"))
 
 

@@ -7,7 +7,6 @@ from sg2vid_diffusers.evaluation.conformance import detect_objects, score_video,
 from sg2vid_diffusers.scene_graph import Relationship, SceneObject
 
 
-
 @pytest.fixture(scope="module")
 def clips():
     return [generate_clip("validation", i) for i in range(300)]

@@ -705,8 +705,9 @@ def main(args):
             batch_size = latents.shape[0]
             frame_starts = None
             if args.frame_window is not None:  # drawn from this micro-batch's generator like every draw
+                # (B,) on the CPU: checked there without a device sync; the helpers move their indices.
                 frame_starts = sample_frame_windows(args.num_frames, args.frame_window, batch_size, generator)
-                latents = take_frame_windows(latents, frame_starts.to(latents.device), args.frame_window)
+                latents = take_frame_windows(latents, frame_starts, args.frame_window)
             noise = torch.randn(latents.shape, generator=generator).to(latents.device)
             num_train_timesteps = noise_scheduler.config.num_train_timesteps
             timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator).to(latents.device)
@@ -724,8 +725,7 @@ def main(args):
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 model_pred = model(
                     noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states,
-                    frame_starts=None if frame_starts is None else frame_starts.to(latents.device),
-                    num_clip_frames=args.num_frames,
+                    frame_starts=frame_starts, num_clip_frames=args.num_frames,
                 )  # fmt: skip
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
                 accelerator.backward(loss / args.gradient_accumulation_steps)
