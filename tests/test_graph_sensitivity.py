@@ -39,6 +39,19 @@ def test_a_denoiser_that_hears_the_graph_moves_and_one_that_cannot_does_not():
                 param.zero_()
     silent = probe(pipe)
     assert all(value < 1e-5 for row in silent["timesteps"].values() for value in row.values())  # float rounding
+    assert silent["encoder"] == heard["encoder"]  # the encoder still hears the graph
+
+
+def test_encoder_tokens_that_cannot_tell_predicates_apart_show_zero():
+    pipe = tiny_pipeline()
+    heard = probe(pipe)
+    assert heard["encoder"]["object_category"] > 0 and heard["encoder"]["predicates"] > 0
+    with torch.no_grad():  # every predicate embeds alike: a flipped predicate changes nothing downstream
+        pipe.sg_encoder.pred_embeddings.weight.copy_(pipe.sg_encoder.pred_embeddings.weight[:1].expand_as(
+            pipe.sg_encoder.pred_embeddings.weight))
+    blind = probe(pipe)
+    assert blind["encoder"]["predicates"] == 0 and blind["mean"]["predicates"] == 0
+    assert blind["encoder"]["object_category"] > 0
 
 
 def test_bad_timesteps_and_empty_graph_lists_fail_clearly():
@@ -59,3 +72,4 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 graphs (1 with predicates to flip)" in result.stdout and "mean" in result.stdout
+    assert "encoder" in result.stdout

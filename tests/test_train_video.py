@@ -24,11 +24,15 @@ from sg2vid_diffusers.conditioning import encode_graph_context
 from sg2vid_diffusers.data.sg_shapes import sg_shapes_vocabulary
 from sg2vid_diffusers.data.video_folder import make_sg_shapes_dataset
 from sg2vid_diffusers.models.unet_3d_graph import is_graph_weight, lora_target_modules
+from sg2vid_diffusers.pretraining import object_box_rows
+from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from sg2vid_diffusers.training_utils import (
     EpochBatches,
     GraphConditionedDenoiser,
     diffusion_loss,
     encode_videos,
+    layout_loss,
+    layout_readout,
     resize_videos,
     sample_frame_windows,
     sample_graph_dropout,
@@ -481,3 +485,79 @@ def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):
     tiny_vae(seed=5).save_pretrained(work / "cache_vae")  # another VAE: the cache is made again
     train(*run, *common(work, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
     assert (out / "latent_cache.safetensors").stat().st_mtime_ns != stamp
+
+
+# ----------------------------------------------------------------------------- layout loss
+
+
+def test_layout_loss_regresses_a_fixed_projection_onto_the_clip_mean_box():
+    readout = layout_readout(10)
+    torch.testing.assert_close(readout.T @ readout, torch.eye(4))  # orthonormal, and the same every call
+    assert torch.equal(readout, layout_readout(10)) and not torch.equal(layout_readout(12)[:10], readout)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], [[0.2, 0.2, 0.4, 0.4]] * 2, [[0.0] * 4] * 2])
+    maskable = torch.tensor([True, True, False])  # the third row: an __image__ node
+    target = boxes.mean(dim=1) * 2 - 1  # [-0.5, -0.5, 0.5, 0.5] and [-0.6, -0.6, -0.2, -0.2]
+    vectors = target @ readout.T  # (3, 10) whose readout is the target
+    vectors[2] = 7.0  # not maskable: ignored
+    assert layout_loss(vectors, boxes, maskable).item() == pytest.approx(0.0, abs=1e-12)
+    moved = vectors + 0.4 * readout[:, 1]  # every row's second number off by 0.4
+    assert layout_loss(moved, boxes, maskable).item() == pytest.approx(0.4**2 / 4)
+    moved.requires_grad_(True)
+    layout_loss(moved, boxes, maskable).backward()
+    assert moved.grad[2].abs().sum() == 0 and moved.grad[0].abs().sum() > 0
+    none = layout_loss(vectors.requires_grad_(True), boxes, torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match=r"object_vectors must be \(O, D\) with D >= 4"):
+        layout_loss(vectors[:, :3], boxes, maskable)
+    with pytest.raises(ValueError, match=r"object_boxes must be \(3, F, 4\)"):
+        layout_loss(vectors, boxes[:2], maskable)
+
+
+def test_object_vectors_are_the_subject_and_object_thirds_of_the_local_tokens():
+    encoder, vocab = tiny_encoder(), sg_shapes_vocabulary()
+    batch = collate_scene_graphs(GRAPHS, vocab)
+    with torch.no_grad():
+        vectors, out = encoder.object_vectors(batch), encoder(batch)
+    width = encoder.config.output_dim
+    assert vectors.shape == (batch.objs.shape[0], width)
+    # graph 0's first triple is (red circle, left of, blue square): objects 0 and 1 of the batch
+    torch.testing.assert_close(out.local_tokens[0, 0, :width], vectors[0])
+    torch.testing.assert_close(out.local_tokens[0, 0, 2 * width :], vectors[1])
+
+
+def layout_error(folder, work):
+    """The layout loss of a trained encoder over the training clips (boxes from their metadata)."""
+    encoder = SceneGraphEncoder.from_pretrained(Path(folder) / "sg_encoder")
+    rows = [json.loads(line) for line in (work / "data" / "metadata.jsonl").read_text().splitlines()]
+    graphs = parse_scene_graphs([row["scene_graph"] for row in rows])
+    batch = collate_scene_graphs(graphs, encoder.vocab)
+    clip_boxes = [np.array(row["boxes"]) for row in rows]
+    boxes, maskable = object_box_rows(graphs, clip_boxes, batch.objs.shape[0], len(clip_boxes[0]))
+    assert maskable.sum() == sum(len(g.objects) for g in graphs)
+    with torch.no_grad():
+        return layout_loss(encoder.object_vectors(batch), boxes, maskable).item()
+
+
+def test_the_layout_loss_moves_the_encoder_towards_the_boxes_cached_or_not(work):
+    base = ["--pretrained_model_name_or_path", work / "pipe", "--train_sg_encoder"]
+    runs = {}
+    for name, extra in (("plain", []), ("layout", ["--layout_loss_weight", 10]),
+                        ("layout_cached", ["--layout_loss_weight", 10, "--cache_latents"])):  # fmt: skip
+        train(*base, *common(work, work / f"layout_{name}", "--max_train_steps", 3, *extra))
+        runs[name] = layout_error(work / f"layout_{name}", work)
+    assert runs["layout"] < runs["plain"] and runs["layout_cached"] < runs["plain"]
+
+
+def test_the_layout_loss_needs_the_encoder_to_train_and_boxes_in_the_data(work, tmp_path):
+    base = ["--pretrained_model_name_or_path", work / "pipe", *common(work, tmp_path / "out", "--max_train_steps", 1)]
+    with pytest.raises(SystemExit):
+        train(*base, "--layout_loss_weight", 1)  # without --train_sg_encoder
+    with pytest.raises(SystemExit):
+        train(*base, "--train_sg_encoder", "--layout_loss_weight", -1)
+    shutil.copytree(work / "data", tmp_path / "no_boxes")
+    lines = (tmp_path / "no_boxes" / "metadata.jsonl").read_text().splitlines()
+    rows = [{k: v for k, v in json.loads(line).items() if k != "boxes"} for line in lines]
+    (tmp_path / "no_boxes" / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="--layout_loss_weight needs boxes"):
+        train(*base, "--train_sg_encoder", "--layout_loss_weight", 1, "--train_data_dir", tmp_path / "no_boxes")
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """How much a trained model's denoiser reacts to the scene graph: the null graph, a changed object
-category and flipped predicates (``sg2vid_diffusers.evaluation.sensitivity``). Seconds on a CPU, so
+category and flipped predicates (``sg2vid_diffusers.evaluation.sensitivity``), and how much the
+graph encoder's tokens change under the same edits. Seconds on a CPU, so
 recipes and checkpoints can be compared between full ``sg2vid evaluate`` runs.
 
     python training/graph_sensitivity.py                                   # the built-in model
@@ -53,6 +54,9 @@ def main(argv=None):
     for name, row in rows:
         predicates = "n/a" if row["predicates"] is None else f"{row['predicates']:.3f}"
         print(f"{name:>9} {row['null_graph']:>11.3f} {row['object_category']:>8.3f} {predicates:>11}")
+    encoder = result["encoder"]
+    predicates = "n/a" if encoder["predicates"] is None else f"{encoder['predicates']:.3f}"
+    print(f"{'encoder':>9} {'':>11} {encoder['object_category']:>8.3f} {predicates:>11}  (its local tokens)")
 
 
 if __name__ == "__main__":

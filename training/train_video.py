@@ -67,7 +67,7 @@ from sg2vid_diffusers.conversion_t2v import load_t2v_as_sg2vid
 from sg2vid_diffusers.data.corpora import CORPUS_FORMATS, load_corpus
 from sg2vid_diffusers.data.video_folder import MetadataError
 from sg2vid_diffusers.models.unet_3d_graph import lora_target_modules
-from sg2vid_diffusers.pretraining import SceneGraphVideoDataset, collate_pretraining_examples
+from sg2vid_diffusers.pretraining import SceneGraphVideoDataset, collate_pretraining_examples, object_box_rows
 from sg2vid_diffusers.batching import collate_scene_graphs
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from sg2vid_diffusers.training_utils import (
@@ -78,6 +78,7 @@ from sg2vid_diffusers.training_utils import (
     GraphConditionedDenoiser,
     diffusion_loss,
     diffusion_target,
+    layout_loss,
     encode_videos,
     find_resume_checkpoint,
     push_output_to_hub,
@@ -128,6 +129,14 @@ def parse_args(argv=None):
         help="What the UNet predicts (default: the scheduler's); saved into the pipeline's scheduler.",
     )
     model.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR loss weighting (usually 5).")
+    model.add_argument(
+        "--layout_loss_weight",
+        type=float,
+        default=0.0,
+        help="Add this weight times the layout loss (the first 4 channels of each object's encoder vector "
+        "regressed onto its clip-mean box; needs --train_sg_encoder and boxes in the data). Ours, not "
+        "SGDiff's: it teaches the encoder where the relations put objects. Default 0: off.",
+    )
     model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the trained weights and save it.")
     model.add_argument("--ema_decay", type=float, default=0.9999)
     model.add_argument("--gradient_checkpointing", action="store_true")
@@ -200,6 +209,10 @@ def parse_args(argv=None):
     )  # fmt: skip
     if not 0 <= args.graph_dropout <= 1:
         parser.error(f"--graph_dropout must be in [0, 1], got {args.graph_dropout}")
+    if args.layout_loss_weight < 0:
+        parser.error(f"--layout_loss_weight must be >= 0, got {args.layout_loss_weight}")
+    if args.layout_loss_weight > 0 and not args.train_sg_encoder:
+        parser.error("--layout_loss_weight trains the graph encoder: add --train_sg_encoder")
     return args
 
 
@@ -315,31 +328,39 @@ LATENT_CACHE_NAME = "latent_cache.safetensors"
 
 class CachedLatentBatch:
     """What the training loop reads of a batch when the latents are cached: their distribution
-    (mean, std; (B, C, F, h, w), unscaled) and the collated graphs."""
+    (mean, std; (B, C, F, h, w), unscaled), the collated graphs, and the objects' boxes and
+    ``maskable`` rows as :class:`PretrainingBatch` has them (for the layout loss)."""
 
-    def __init__(self, mean, std, graphs):
+    def __init__(self, mean, std, graphs, object_boxes, maskable):
         self.mean, self.std, self.graphs = mean, std, graphs
+        self.object_boxes, self.maskable = object_boxes, maskable
 
     def to(self, device):
-        return CachedLatentBatch(self.mean.to(device), self.std.to(device), self.graphs.to(device))
+        return CachedLatentBatch(
+            self.mean.to(device), self.std.to(device), self.graphs.to(device), self.object_boxes.to(device),
+            self.maskable.to(device),
+        )  # fmt: skip
 
 
 class CachedLatentClips(Dataset):
-    """(latent mean, latent std, scene graph, caption) of each training clip."""
+    """(latent mean, latent std, scene graph, boxes or None, caption) of each training clip."""
 
-    def __init__(self, mean, std, graphs, captions):
-        self.mean, self.std, self.graphs, self.captions = mean, std, graphs, captions
+    def __init__(self, mean, std, graphs, boxes, captions):
+        self.mean, self.std, self.graphs, self.boxes, self.captions = mean, std, graphs, boxes, captions
 
     def __len__(self):
         return len(self.graphs)
 
     def __getitem__(self, index):
-        return self.mean[index], self.std[index], self.graphs[index], self.captions[index]
+        return self.mean[index], self.std[index], self.graphs[index], self.boxes[index], self.captions[index]
 
 
 def collate_cached(items, vocab):
-    means, stds, graphs, captions = zip(*items)
-    batch = CachedLatentBatch(torch.stack(means), torch.stack(stds), collate_scene_graphs(list(graphs), vocab))
+    means, stds, graphs, boxes, captions = zip(*items)
+    graph_batch = collate_scene_graphs(list(graphs), vocab)
+    num_frames = means[0].shape[1]
+    object_boxes, maskable = object_box_rows(graphs, boxes, graph_batch.objs.size(0), num_frames)
+    batch = CachedLatentBatch(torch.stack(means), torch.stack(stds), graph_batch, object_boxes, maskable)
     return batch, list(captions)
 
 
@@ -383,7 +404,7 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
             save_file({"mean": cached[0], "std": cached[1]}, str(tmp), metadata={"key": key})
     accelerator.wait_for_everyone()
     mean, std = cached if cached is not None else read()
-    return CachedLatentClips(mean, std, clip_scene_graphs(train_set), train_set.captions)
+    return CachedLatentClips(mean, std, clip_scene_graphs(train_set), clip_boxes(train_set, args), train_set.captions)
 
 
 def clip_scene_graphs(train_set):
@@ -392,6 +413,15 @@ def clip_scene_graphs(train_set):
     if hasattr(clips, "folder"):
         return [record.scene_graph for record in clips.folder]
     return [clips[i].scene_graph for i in range(len(clips))]
+
+
+def clip_boxes(train_set, args):
+    """Every training clip's (F, n, 4) boxes after --frame_stride (None for a clip without), read from
+    the metadata; a corpus's from its clips."""
+    clips = train_set.clips
+    if hasattr(clips, "folder"):
+        return [None if r.boxes is None else r.boxes[:: args.frame_stride] for r in clips.folder]
+    return [getattr(clips[i], "boxes", None) for i in range(len(clips))]
 
 
 def check_clip_shape(args, clip_frames, vae_scale_factor):
@@ -535,6 +565,15 @@ def main(args):
         )  # fmt: skip
         logging.getLogger(__name__).info(f"{args.dataset_format}: {len(clips)} clips; {clips.report}")
     train_set = CaptionedClips(clips, args.caption_column)
+    if args.layout_loss_weight > 0:
+        has_boxes = any(boxes is not None for boxes in clip_boxes(train_set, args)) or any(
+            obj.box is not None for graph in clip_scene_graphs(train_set) for obj in graph.objects
+        )
+        if not has_boxes:
+            raise ValueError(
+                f"--layout_loss_weight needs boxes (metadata \"boxes\" or boxes in the graphs), and no clip of "
+                f"{args.train_data_dir} has any"
+            )
     check_clip_shape(args, clips[0].frames, pipeline.vae_scale_factor)
     if args.unet_config is not None:  # a new UNet's default size (the pipeline's default) is the training size
         unet.register_to_config(sample_size=args.resolution // pipeline.vae_scale_factor)
@@ -688,7 +727,7 @@ def main(args):
         range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
     for step in range(global_step, args.max_train_steps):
-        step_loss = 0.0
+        step_loss = step_layout_loss = 0.0
         for micro in range(args.gradient_accumulation_steps):
             micro_batch = step * args.gradient_accumulation_steps + micro
             batch, captions = next(micro_batches)
@@ -726,9 +765,15 @@ def main(args):
                 model_pred = model(
                     noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states,
                     frame_starts=frame_starts, num_clip_frames=args.num_frames,
+                    return_object_vectors=args.layout_loss_weight > 0,
                 )  # fmt: skip
+                if args.layout_loss_weight > 0:
+                    model_pred, object_vectors = model_pred
+                    layout = layout_loss(object_vectors, batch.object_boxes, batch.maskable)
+                    step_layout_loss += layout.item() / args.gradient_accumulation_steps
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
-                accelerator.backward(loss / args.gradient_accumulation_steps)
+                total = loss + args.layout_loss_weight * layout if args.layout_loss_weight > 0 else loss
+                accelerator.backward(total / args.gradient_accumulation_steps)
             step_loss += loss.item() / args.gradient_accumulation_steps
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, args.max_grad_norm)
@@ -740,13 +785,21 @@ def main(args):
             ema.step(params)
         global_step = step + 1
 
-        loss_mean = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), reduction="mean").item()
+        losses = torch.tensor([step_loss, step_layout_loss], device=accelerator.device)
+        loss_mean, layout_mean = accelerator.reduce(losses, reduction="mean").tolist()
+        shown = {"loss": f"{loss_mean:.4f}"}
+        if args.layout_loss_weight > 0:
+            shown["layout"] = f"{layout_mean:.4f}"
+        shown["lr"] = f"{lr:.2e}"
         if step == first_step or global_step == args.max_train_steps:
-            logger.info(f"step {global_step}: loss {loss_mean:.4f}, lr {lr:.2e}")
+            logger.info(f"step {global_step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
         progress.update(1)
-        progress.set_postfix(loss=f"{loss_mean:.4f}", lr=f"{lr:.2e}")
+        progress.set_postfix(shown)
         epoch = micro_batch // sampler.batches_per_epoch
-        accelerator.log({"loss": loss_mean, "lr": lr, "epoch": epoch}, step=global_step)
+        logged = {"loss": loss_mean, "lr": lr, "epoch": epoch}
+        if args.layout_loss_weight > 0:
+            logged["layout_loss"] = layout_mean
+        accelerator.log(logged, step=global_step)
 
         if global_step % args.checkpointing_steps == 0:
             save_checkpoint(

@@ -9,6 +9,9 @@ draws what the graph says must react to all three; one that reacts to the null g
 categories but not to predicates has learnt what to draw, not where (see the README's built-in
 model section).
 
+The same changes are measured on the graph encoder's local tokens (``"encoder"``): a UNet cannot
+react to a predicate its tokens barely carry.
+
 This measures sensitivity, not correctness (``sg2vid evaluate`` does that): a large figure is
 necessary for conformance, not sufficient.
 """
@@ -73,8 +76,9 @@ def graph_sensitivity(
 
     Returns:
         ``{"num_graphs": G, "num_with_predicates": Gp, "timesteps": {t: {"null_graph": x,
-        "object_category": y, "predicates": z or None}}}``, and the means over timesteps under
-        ``"mean"``.
+        "object_category": y, "predicates": z or None}}}``, the means over timesteps under
+        ``"mean"``, and under ``"encoder"`` the relative change of the encoder's real local tokens
+        (``{"object_category": y, "predicates": z or None}``).
     """
     if pipe.vocab is None:
         raise ValueError("pipe has no vocabulary (sg_encoder.vocab): graphs cannot be encoded")
@@ -93,6 +97,7 @@ def graph_sensitivity(
         raise ValueError("graphs: no scene graphs to probe")
 
     sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, "predicates": 0.0} for t in timesteps}
+    encoder_sums = {"object_category": 0.0, "predicates": 0.0}
     with_predicates = 0
     generator = torch.Generator().manual_seed(seed)
     for graph in graphs:
@@ -103,6 +108,13 @@ def graph_sensitivity(
         drop = torch.zeros(len(variants), dtype=torch.bool, device=device)
         drop[1] = True  # the second copy becomes the null graph
         context = encode_graph_context(encoder, unet, batch, num_frames, drop=drop)
+        tokens = encoder(batch)
+        real = tokens.local_mask[0]  # the variants share the graph's structure, hence its mask
+        local = tokens.local_tokens[:, real].float()  # (variants, N', 3D)
+        token_scale = local[0].norm().clamp_min(1e-12)
+        encoder_sums["object_category"] += ((local[2] - local[0]).norm() / token_scale).item()
+        if flipped is not None:
+            encoder_sums["predicates"] += ((local[3] - local[0]).norm() / token_scale).item()
         for t in timesteps:
             latents = torch.randn(shape, generator=generator).to(device, dtype)
             latents = latents.expand(len(variants), *shape)
@@ -124,4 +136,14 @@ def graph_sensitivity(
         }
     mean = {key: sum(row[key] for row in per_step.values()) / len(per_step) for key in ("null_graph", "object_category")}
     mean["predicates"] = sum(row["predicates"] for row in per_step.values()) / len(per_step) if with_predicates else None
-    return {"num_graphs": len(graphs), "num_with_predicates": with_predicates, "timesteps": per_step, "mean": mean}
+    encoder_mean = {
+        "object_category": encoder_sums["object_category"] / len(graphs),
+        "predicates": encoder_sums["predicates"] / with_predicates if with_predicates else None,
+    }
+    return {
+        "num_graphs": len(graphs),
+        "num_with_predicates": with_predicates,
+        "timesteps": per_step,
+        "mean": mean,
+        "encoder": encoder_mean,
+    }

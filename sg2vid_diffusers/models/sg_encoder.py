@@ -286,13 +286,7 @@ class SceneGraphEncoder(ModelMixin, ConfigMixin):
         self._check_batch(batch)
         num_graphs, num_slots = batch.num_graphs, self.config.max_local_triples
         s, p, o = batch.triples.unbind(dim=1)  # (T,) each
-        edges = torch.stack([s, o], dim=1)  # (T, 2)
-
-        obj_vecs = self.obj_embeddings(batch.objs)  # (O, E)
-        pred_vecs = self.pred_embeddings(p)  # (T, E)
-        obj_vecs, pred_vecs = self.graph_conv(obj_vecs, pred_vecs, edges)  # (O, D), (T, D)
-        if self.graph_net is not None:
-            obj_vecs, pred_vecs = self.graph_net(obj_vecs, pred_vecs, edges)
+        obj_vecs, pred_vecs = self._convolve(batch)  # (O, D), (T, D)
 
         obj_mean = _mean_per_graph(obj_vecs, batch.obj_to_img, num_graphs)  # (B, D)
         pred_mean = _mean_per_graph(pred_vecs, batch.triples_to_img, num_graphs)  # (B, D)
@@ -319,6 +313,24 @@ class SceneGraphEncoder(ModelMixin, ConfigMixin):
             frame_mask=frame_mask,
         )
         return output if return_dict else output.to_tuple()
+
+    def _convolve(self, batch: SceneGraphBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings and graph convolution: (O, D) object vectors and (T, D) predicate vectors."""
+        s, p, o = batch.triples.unbind(dim=1)
+        edges = torch.stack([s, o], dim=1)  # (T, 2)
+        obj_vecs = self.obj_embeddings(batch.objs)  # (O, E)
+        pred_vecs = self.pred_embeddings(p)  # (T, E)
+        obj_vecs, pred_vecs = self.graph_conv(obj_vecs, pred_vecs, edges)  # (O, D), (T, D)
+        if self.graph_net is not None:
+            obj_vecs, pred_vecs = self.graph_net(obj_vecs, pred_vecs, edges)
+        return obj_vecs, pred_vecs
+
+    def object_vectors(self, batch: SceneGraphBatch) -> torch.Tensor:
+        """(O, D) every object's vector after the graph convolution, rows as ``batch.objs`` (the
+        ``__image__`` nodes included): the subject and object thirds of the local tokens are these rows.
+        Training's layout loss (``train_video.py --layout_loss_weight``) reads its first channels."""
+        self._check_batch(batch)
+        return self._convolve(batch)[0]
 
     def encode(self, scene_graphs: Any, num_frames: int | None = None) -> SceneGraphEncoderOutput:
         """Collate scene graphs with the model's vocabulary and encode them on the model's device.

@@ -9,7 +9,13 @@
 - :mod:`.retrieval`: recall@k both ways (:func:`retrieval_recall`).
 """
 
-from .data import PretrainingBatch, PretrainingExample, SceneGraphVideoDataset, collate_pretraining_examples
+from .data import (
+    PretrainingBatch,
+    PretrainingExample,
+    SceneGraphVideoDataset,
+    collate_pretraining_examples,
+    object_box_rows,
+)
 from .objective import (
     MAX_LOGIT_SCALE,
     MaskedContrastiveObjective,
@@ -37,5 +43,6 @@ __all__ = [
     "contrastive_loss",
     "gather_with_grad",
     "object_region_masks",
+    "object_box_rows",
     "retrieval_recall",
 ]

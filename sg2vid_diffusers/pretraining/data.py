@@ -20,7 +20,13 @@ from ..data.video_folder import MetadataError, SceneGraphVideoFolder
 from ..scene_graph import SceneGraph, SceneGraphError, validate_scene_graph
 from ..vocabulary import Vocabulary
 
-__all__ = ["PretrainingExample", "PretrainingBatch", "SceneGraphVideoDataset", "collate_pretraining_examples"]
+__all__ = [
+    "PretrainingExample",
+    "PretrainingBatch",
+    "SceneGraphVideoDataset",
+    "collate_pretraining_examples",
+    "object_box_rows",
+]
 
 
 @dataclass
@@ -117,18 +123,31 @@ def collate_pretraining_examples(examples: Sequence[PretrainingExample], vocab: 
     videos = torch.stack([torch.from_numpy(np.ascontiguousarray(ex.frames)) for ex in examples])
     videos = videos.permute(0, 1, 4, 2, 3).float() / 255  # (B, F, 3, H, W)
     graphs = collate_scene_graphs([ex.scene_graph for ex in examples], vocab)
+    object_boxes, maskable = object_box_rows(
+        [ex.scene_graph for ex in examples], [ex.boxes for ex in examples], graphs.objs.size(0), videos.size(1)
+    )
+    return PretrainingBatch(videos, graphs, object_boxes, maskable)
 
-    num_frames = videos.size(1)
-    object_boxes = torch.zeros(graphs.objs.size(0), num_frames, 4)
-    maskable = torch.zeros(graphs.objs.size(0), dtype=torch.bool)
+
+def object_box_rows(
+    graphs: Sequence[SceneGraph], boxes: Sequence[np.ndarray | None], num_rows: int, num_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame boxes aligned with the object rows of ``collate_scene_graphs(graphs)`` (each graph's
+    objects, then its ``__image__`` node): ``(object_boxes (num_rows, F, 4), maskable (num_rows,))`` as
+    :class:`PretrainingBatch` holds them. A graph's boxes come from its clip's ``boxes`` ((F, n, 4) or
+    None), else from the graph's own boxes held over every frame; rows with neither are not maskable."""
+    object_boxes = torch.zeros(num_rows, num_frames, 4)
+    maskable = torch.zeros(num_rows, dtype=torch.bool)
     row = 0
-    for ex in examples:
-        for i, obj in enumerate(ex.scene_graph.objects):
-            if ex.boxes is not None:
-                object_boxes[row + i] = torch.as_tensor(ex.boxes[:, i], dtype=torch.float32)
+    for graph, clip_boxes in zip(graphs, boxes, strict=True):
+        for i, obj in enumerate(graph.objects):
+            if clip_boxes is not None:
+                object_boxes[row + i] = torch.as_tensor(clip_boxes[:, i], dtype=torch.float32)
                 maskable[row + i] = True
             elif obj.box is not None:
                 object_boxes[row + i] = torch.tensor(obj.box, dtype=torch.float32)
                 maskable[row + i] = True
-        row += len(ex.scene_graph.objects) + 1  # the graph's objects, then its __image__ node
-    return PretrainingBatch(videos, graphs, object_boxes, maskable)
+        row += len(graph.objects) + 1  # the graph's objects, then its __image__ node
+    if row != num_rows:
+        raise ValueError(f"the graphs have {row} object rows, __image__ nodes included; expected {num_rows}")
+    return object_boxes, maskable
