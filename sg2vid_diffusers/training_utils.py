@@ -137,8 +137,8 @@ def layout_loss(object_vectors: torch.Tensor, object_boxes: torch.Tensor, maskab
     averaged over the clip's frames and mapped to [-1, 1].
 
     Why: relations say where objects are, but a graph encoder trained only through the denoiser learns
-    them slowly; the shipped model's tokens changed 7% when every predicate of a graph was flipped and
-    50% when one object's category changed (``training/graph_sensitivity.py``). The subject and object
+    them slowly; the shipped model's tokens change 7% when every predicate of a graph is flipped and
+    63% when one object's category changes (``training/graph_sensitivity.py``, its "encoder" row). The subject and object
     thirds of every local token are these vectors, so the UNet can read a layout the relations imply
     from the tokens it attends to. Boxes are never an input: at sampling time the encoder infers the
     layout from the relations alone. A projection, not channels: the vectors come out of a ReLU, so

@@ -44,10 +44,10 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
-    # The smoke preset's two legs, the second on frame windows, as the card says.
-    expected = [(0, 2, []), (2, 3, ["--frame_window", "2"])]
+    # The smoke preset's two legs, the second on frame windows with the layout loss, as the card says.
+    expected = [(0, 2, []), (2, 3, ["--frame_window", "2", "--layout_loss_weight", "1"])]
     assert [(leg["from_step"], leg["to_step"], leg["flags"]) for leg in legs] == expected
-    assert "trained in 2 legs" in card and "2->3" in card and "`--frame_window 2`" in card
+    assert "trained in 2 legs" in card and "2->3" in card and "`--frame_window 2 --layout_loss_weight 1`" in card
 
     # Rerunning skips finished stages (nothing to train again, no time added); evaluating again
     # replaces the card's quality table instead of adding a second one.
