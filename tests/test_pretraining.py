@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from sg2vid_diffusers import SceneGraphEncoder
 from sg2vid_diffusers.data.sg_shapes import COLORS, generate_clip, sg_shapes_vocabulary
 from sg2vid_diffusers.data.video_folder import MetadataError, make_sg_shapes_dataset
+from sg2vid_diffusers.training_utils import layout_loss
 from sg2vid_diffusers.pretraining import (
     MAX_LOGIT_SCALE,
     HFVisionTower,
@@ -91,6 +92,18 @@ def test_the_objective_contrasts_normalised_globals_at_the_encoders_scale(vocab,
     torch.testing.assert_close(out.loss, expected)
     assert out.mask_loss.item() == 0 and out.masks is None and out.num_logit_columns == 6
     assert gather_with_grad(g) is g  # one process: nothing to gather
+
+
+def test_the_layout_loss_adds_to_the_objective_with_its_weight(vocab, batch):
+    plain = tiny_objective(vocab, masked_branch=False).eval()
+    weighted = tiny_objective(vocab, masked_branch=False, layout_loss_weight=2.0).eval()  # the same weights
+    out, with_layout = plain(batch), weighted(batch)
+    expected = layout_loss(weighted.graph_encoder.object_vectors(batch.graphs), batch.object_boxes, batch.maskable)
+    assert out.layout_loss.item() == 0 and expected.item() > 0
+    torch.testing.assert_close(with_layout.layout_loss, expected)
+    torch.testing.assert_close(with_layout.loss, out.loss + 2.0 * expected)
+    with pytest.raises(ValueError, match="layout_loss_weight must be >= 0"):
+        tiny_objective(vocab, layout_loss_weight=-1.0)
 
 
 def test_logit_scale_is_clamped_to_zero_and_ln_100(vocab):
@@ -334,6 +347,17 @@ def test_the_script_saves_a_loadable_encoder_with_vocab_and_model_card(full_run,
     assert re.search(r"validation, step 6: graph->video R@1 [0-9.]+, graph->video R@5", log)
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_the_script_trains_with_the_layout_loss(folders, tmp_path):
+    out = tmp_path / "layout"
+    run_script(tiny_args(folders, out, "--max_train_steps", "2", "--layout_loss_weight", "1"))
+    assert "layout 1.0" in (out / "README.md").read_text()
+    logs = subprocess.run(
+        [sys.executable, str(SCRIPT), *tiny_args(folders, tmp_path / "bad", "--layout_loss_weight", "-1")],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert logs.returncode == 2 and "--layout_loss_weight must be >= 0" in logs.stderr and not (tmp_path / "bad").exists()
 
 
 def test_resume_continues_with_the_same_data_order_and_learning_rate(full_run, folders, tmp_path):

@@ -108,6 +108,13 @@ def parse_args(argv=None):
     objective.add_argument("--mask_prob", type=float, default=0.8, help="Probability that an object is masked.")
     objective.add_argument("--contrastive_loss_weight", type=float, default=1.0)
     objective.add_argument("--mask_loss_weight", type=float, default=1.0)
+    objective.add_argument(
+        "--layout_loss_weight",
+        type=float,
+        default=0.0,
+        help="Add the layout loss (object vectors regressed onto their boxes through a fixed projection; "
+        "ours, not SGDiff's) with this weight. Default 0: off.",
+    )
     objective.add_argument("--no_masked_branch", action="store_true", help="Contrastive loss only (the ablation).")
     objective.add_argument("--head_num_heads", type=int, default=8, help="Attention heads of the reconstruction head.")
 
@@ -121,6 +128,8 @@ def parse_args(argv=None):
 
     args = parser.parse_args(argv)
     check_training_arguments(parser, args)
+    if args.layout_loss_weight < 0:
+        parser.error(f"--layout_loss_weight must be >= 0, got {args.layout_loss_weight}")
     args.encoder_config = parse_config(parser, "--encoder_config", args.encoder_config, SceneGraphEncoder)
     args.video_encoder_config = parse_config(
         parser, "--video_encoder_config", args.video_encoder_config, SmallVideoEncoder
@@ -244,7 +253,8 @@ def write_model_card(args, output_dir, info):
         + (" (trained with the encoder)" if args.vision_encoder == "small" else " (frozen)"),
         "- masked branch: "
         + ("off (contrastive only)" if args.no_masked_branch else f"on, mask probability {args.mask_prob}")
-        + f"; loss weights contrastive {args.contrastive_loss_weight}, masked {args.mask_loss_weight}",
+        + f"; loss weights contrastive {args.contrastive_loss_weight}, masked {args.mask_loss_weight}"
+        + (f", layout {args.layout_loss_weight}" if args.layout_loss_weight else ""),
         f"- steps: {info['steps']}, global batch {info['global_batch']}, AdamW lr {args.learning_rate} "
         f"({args.lr_scheduler}, {args.lr_warmup_steps} warm-up steps), weight decay {args.weight_decay}, "
         f"seed {args.seed}",
@@ -327,6 +337,7 @@ def main(args):
         mask_loss_weight=args.mask_loss_weight,
         masked_branch=not args.no_masked_branch,
         head_num_heads=args.head_num_heads,
+        layout_loss_weight=args.layout_loss_weight,
     )
     optimizer = torch.optim.AdamW(
         objective.param_groups(args.weight_decay),
@@ -407,7 +418,7 @@ def main(args):
     )
     objective.train()
     for step in range(global_step, args.max_train_steps):
-        totals = {"loss": 0.0, "contrastive_loss": 0.0, "mask_loss": 0.0}
+        totals = {"loss": 0.0, "contrastive_loss": 0.0, "mask_loss": 0.0, "layout_loss": 0.0}
         for micro in range(args.gradient_accumulation_steps):
             micro_batch = step * args.gradient_accumulation_steps + micro
             batch = next(micro_batches).to(accelerator.device)

@@ -28,6 +28,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..models.sg_encoder import SceneGraphEncoder
+from ..training_utils import layout_loss
 from .data import PretrainingBatch
 from .towers import HFVisionTower, SmallVideoEncoder
 
@@ -57,6 +58,8 @@ class MaskedContrastiveOutput(BaseOutput):
         num_logit_columns: B_all, the candidates each graph was contrasted with.
         graph_embeds, video_embeds: (B, D) L2-normalised global vectors of this process's clips.
         masks: (B, F, 1, H, W) the masks applied (None when the masked branch is off).
+        layout_loss: :func:`~sg2vid_diffusers.training_utils.layout_loss` of the encoder's object
+            vectors (zero when its weight is 0).
     """
 
     # Defaults to None, as diffusers outputs have them: Accelerate's mixed-precision wrapper rebuilds
@@ -68,6 +71,7 @@ class MaskedContrastiveOutput(BaseOutput):
     graph_embeds: torch.Tensor | None = None
     video_embeds: torch.Tensor | None = None
     masks: torch.Tensor | None = None
+    layout_loss: torch.Tensor | None = None
 
 
 class MaskedReconstructionHead(nn.Module):
@@ -204,6 +208,9 @@ class MaskedContrastiveObjective(nn.Module):
         normalize_targets: layer-normalise (without gains) the target tokens and the masked
             tokens fed to the head, so a trainable tower cannot lower the loss by shrinking its
             tokens.
+        layout_loss_weight: weight of :func:`~sg2vid_diffusers.training_utils.layout_loss` (ours,
+            not SGDiff's: the encoder's object vectors regressed onto their boxes through a fixed
+            projection; objects without boxes are left out). Default 0: off, as SGDiff.
     """
 
     def __init__(
@@ -216,8 +223,11 @@ class MaskedContrastiveObjective(nn.Module):
         masked_branch: bool = True,
         head_num_heads: int = 8,
         normalize_targets: bool = True,
+        layout_loss_weight: float = 0.0,
     ):
         super().__init__()
+        if layout_loss_weight < 0:
+            raise ValueError(f"layout_loss_weight must be >= 0, got {layout_loss_weight}")
         if not 0.0 <= mask_prob <= 1.0:
             raise ValueError(f"mask_prob must lie in [0, 1], got {mask_prob}")
         if video_tower.global_dim != graph_encoder.config.output_dim:
@@ -231,6 +241,7 @@ class MaskedContrastiveObjective(nn.Module):
         self.contrastive_weight = contrastive_weight
         self.mask_loss_weight = mask_loss_weight
         self.normalize_targets = normalize_targets
+        self.layout_loss_weight = layout_loss_weight
         self.head = (
             MaskedReconstructionHead(video_tower.local_dim, 3 * graph_encoder.config.output_dim, head_num_heads)
             if masked_branch
@@ -320,7 +331,11 @@ class MaskedContrastiveObjective(nn.Module):
             prediction = self.head(inputs, encoded_graphs.local_tokens, encoded_graphs.local_mask)
             mask_loss = F.mse_loss(prediction.float(), target)
 
+        layout = contrastive.new_zeros(())
+        if self.layout_loss_weight > 0:
+            layout = layout_loss(self.graph_encoder.object_vectors(batch.graphs), batch.object_boxes, batch.maskable)
         loss = self.contrastive_weight * contrastive + self.mask_loss_weight * mask_loss
+        loss = loss + self.layout_loss_weight * layout if self.layout_loss_weight > 0 else loss
         return MaskedContrastiveOutput(
             loss=loss,
             contrastive_loss=contrastive,
@@ -329,4 +344,5 @@ class MaskedContrastiveObjective(nn.Module):
             graph_embeds=graph_embeds,
             video_embeds=video_embeds,
             masks=masks,
+            layout_loss=layout,
         )
