@@ -73,3 +73,14 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 graphs (1 with predicates to flip)" in result.stdout and "mean" in result.stdout
     assert "encoder" in result.stdout
+
+    pipe.sg_encoder.save_pretrained(tmp_path / "encoder")  # the encoder alone: its row, the same figures
+    command = [sys.executable, str(ROOT / "training" / "graph_sensitivity.py"), "--encoder", str(tmp_path / "encoder"),
+               "--graphs", str(graphs), "--json"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    alone = __import__("json").loads(result.stdout)
+    assert alone["num_with_predicates"] == 1
+    heard = probe(pipe)["encoder"]
+    assert alone["object_category"] == pytest.approx(heard["object_category"], rel=1e-5)
+    assert alone["predicates"] == pytest.approx(heard["predicates"], rel=1e-5)

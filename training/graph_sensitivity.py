@@ -6,6 +6,7 @@ recipes and checkpoints can be compared between full ``sg2vid evaluate`` runs.
 
     python training/graph_sensitivity.py                                   # the built-in model
     python training/graph_sensitivity.py --model runs/builtin/video --graphs runs/builtin/guidance_graphs.jsonl
+    python training/graph_sensitivity.py --encoder runs/builtin/encoder --graphs runs/builtin/test_graphs.jsonl
 """
 
 import argparse
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from sg2vid_diffusers import SceneGraphToVideoPipeline
-from sg2vid_diffusers.evaluation.sensitivity import graph_sensitivity
+from sg2vid_diffusers import SceneGraphEncoder, SceneGraphToVideoPipeline
+from sg2vid_diffusers.evaluation.sensitivity import encoder_sensitivity, graph_sensitivity
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a pipeline folder (default: the built-in model)")
+    p.add_argument("--encoder", default=None, help="a SceneGraphEncoder folder: probe its tokens only (no UNet)")
     p.add_argument("--graphs", type=Path, default=ROOT / "examples" / "graphs.jsonl", help="a .jsonl of scene graphs")
     p.add_argument("--limit", type=int, default=24, help="at most this many graphs of the file")
     p.add_argument("--timesteps", type=int, nargs="+", default=[900, 500, 200])
@@ -33,11 +35,25 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.limit < 1 or args.num_frames < 1:
         p.error(f"--limit and --num_frames must be >= 1, got {args.limit} and {args.num_frames}")
+    if args.model is not None and args.encoder is not None:
+        p.error("--model and --encoder exclude each other")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.encoder is not None:
+        encoder = SceneGraphEncoder.from_pretrained(args.encoder).float()
+        graphs = parse_scene_graphs(args.graphs, vocab=encoder.vocab, max_triples=encoder.config.max_local_triples)
+        result = encoder_sensitivity(encoder, graphs[: args.limit])
+        if args.json:
+            print(json.dumps(result, indent=1))
+            return
+        print(f"relative change of the encoder's local tokens, {result['num_graphs']} graphs "
+              f"({result['num_with_predicates']} with predicates to flip)")  # fmt: skip
+        predicates = "n/a" if result["predicates"] is None else f"{result['predicates']:.3f}"
+        print(f"object {result['object_category']:.3f}  predicates {predicates}")
+        return
     if args.model is None:
         pipe = SceneGraphToVideoPipeline.from_builtin()
     else:

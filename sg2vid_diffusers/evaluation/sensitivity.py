@@ -28,7 +28,7 @@ from ..conditioning import encode_graph_context
 from ..data.sg_shapes import OPPOSITE_PREDICATES
 from ..scene_graph import SceneGraph
 
-__all__ = ["graph_sensitivity"]
+__all__ = ["encoder_sensitivity", "graph_sensitivity"]
 
 
 def _other_category(name: str, categories: Sequence[str]) -> str:
@@ -52,6 +52,41 @@ def _flipped_predicates(graph: SceneGraph, known: set[str]) -> SceneGraph | None
             rel, changed = dataclasses.replace(rel, predicate=opposite), True
         flipped.append(rel)
     return dataclasses.replace(graph, relationships=tuple(flipped)) if changed else None
+
+
+@torch.no_grad()
+def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
+    """The relative change of a graph encoder's real local tokens when the first object's category
+    changes and when every predicate with an opposite is flipped, averaged over graphs (the
+    predicate figure over those with something to flip; None when none has).
+
+    Returns:
+        ``{"num_graphs": G, "num_with_predicates": Gp, "object_category": y, "predicates": z or None}``.
+    """
+    if encoder.vocab is None:
+        raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
+    graphs = list(graphs)
+    if not graphs:
+        raise ValueError("graphs: no scene graphs to probe")
+    categories, known = encoder.vocab.object_names, set(encoder.vocab.predicate_names)
+    sums, with_predicates = {"object_category": 0.0, "predicates": 0.0}, 0
+    for graph in graphs:
+        flipped = _flipped_predicates(graph, known)
+        variants = [graph, _changed_object(graph, categories)] + ([flipped] if flipped is not None else [])
+        tokens = encoder(collate_scene_graphs(variants, encoder.vocab).to(encoder.device))
+        real = tokens.local_mask[0]  # the variants share the graph's structure, hence its mask
+        local = tokens.local_tokens[:, real].float()  # (variants, N', 3D)
+        scale = local[0].norm().clamp_min(1e-12)
+        sums["object_category"] += ((local[1] - local[0]).norm() / scale).item()
+        if flipped is not None:
+            with_predicates += 1
+            sums["predicates"] += ((local[2] - local[0]).norm() / scale).item()
+    return {
+        "num_graphs": len(graphs),
+        "num_with_predicates": with_predicates,
+        "object_category": sums["object_category"] / len(graphs),
+        "predicates": sums["predicates"] / with_predicates if with_predicates else None,
+    }
 
 
 @torch.no_grad()
@@ -97,7 +132,6 @@ def graph_sensitivity(
         raise ValueError("graphs: no scene graphs to probe")
 
     sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, "predicates": 0.0} for t in timesteps}
-    encoder_sums = {"object_category": 0.0, "predicates": 0.0}
     with_predicates = 0
     generator = torch.Generator().manual_seed(seed)
     for graph in graphs:
@@ -108,13 +142,6 @@ def graph_sensitivity(
         drop = torch.zeros(len(variants), dtype=torch.bool, device=device)
         drop[1] = True  # the second copy becomes the null graph
         context = encode_graph_context(encoder, unet, batch, num_frames, drop=drop)
-        tokens = encoder(batch)
-        real = tokens.local_mask[0]  # the variants share the graph's structure, hence its mask
-        local = tokens.local_tokens[:, real].float()  # (variants, N', 3D)
-        token_scale = local[0].norm().clamp_min(1e-12)
-        encoder_sums["object_category"] += ((local[2] - local[0]).norm() / token_scale).item()
-        if flipped is not None:
-            encoder_sums["predicates"] += ((local[3] - local[0]).norm() / token_scale).item()
         for t in timesteps:
             latents = torch.randn(shape, generator=generator).to(device, dtype)
             latents = latents.expand(len(variants), *shape)
@@ -136,10 +163,8 @@ def graph_sensitivity(
         }
     mean = {key: sum(row[key] for row in per_step.values()) / len(per_step) for key in ("null_graph", "object_category")}
     mean["predicates"] = sum(row["predicates"] for row in per_step.values()) / len(per_step) if with_predicates else None
-    encoder_mean = {
-        "object_category": encoder_sums["object_category"] / len(graphs),
-        "predicates": encoder_sums["predicates"] / with_predicates if with_predicates else None,
-    }
+    tokens = encoder_sensitivity(encoder, graphs)
+    encoder_mean = {"object_category": tokens["object_category"], "predicates": tokens["predicates"]}
     return {
         "num_graphs": len(graphs),
         "num_with_predicates": with_predicates,
