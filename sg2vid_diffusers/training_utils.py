@@ -99,7 +99,9 @@ class GraphConditionedDenoiser(nn.Module):
         """(B, C, F, h, w) noisy latents, (B,) timesteps, B graphs, (B,) dropped graphs, optional
         (B, T, D) text states -> (B, C, F, h, w) model output; with ``return_object_vectors``, also the
         encoder's (O, D) object vectors (:meth:`SceneGraphEncoder.object_vectors`, for :func:`layout_loss`),
-        computed inside this forward so that DDP sees every weight they use.
+        computed inside this forward so that DDP sees every weight they use. This runs the graph
+        convolution a second time (the context's run keeps only tokens): 10 ms forward and backward
+        for 32 SG-Shapes graphs on 2 CPU cores, under 1% of the built-in model's 1.3 s step.
 
         With ``frame_starts`` ((B,) long) the latents are windows of F consecutive frames of clips of
         ``num_clip_frames`` frames (:func:`take_frame_windows`): the graph context is computed for the

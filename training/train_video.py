@@ -133,7 +133,7 @@ def parse_args(argv=None):
         "--layout_loss_weight",
         type=float,
         default=0.0,
-        help="Add this weight times the layout loss (the first 4 channels of each object's encoder vector "
+        help="Add this weight times the layout loss (each object's encoder vector, through a fixed projection, "
         "regressed onto its clip-mean box; needs --train_sg_encoder and boxes in the data). Ours, not "
         "SGDiff's: it teaches the encoder where the relations put objects. Default 0: off.",
     )
@@ -404,7 +404,9 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
             save_file({"mean": cached[0], "std": cached[1]}, str(tmp), metadata={"key": key})
     accelerator.wait_for_everyone()
     mean, std = cached if cached is not None else read()
-    return CachedLatentClips(mean, std, clip_scene_graphs(train_set), clip_boxes(train_set, args), train_set.captions)
+    # Boxes only feed the layout loss: without it a corpus is not read a second time for them.
+    boxes = clip_boxes(train_set, args) if args.layout_loss_weight > 0 else [None] * len(train_set)
+    return CachedLatentClips(mean, std, clip_scene_graphs(train_set), boxes, train_set.captions)
 
 
 def clip_scene_graphs(train_set):
@@ -762,6 +764,7 @@ def main(args):
 
             last = micro == args.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                layout = 0.0  # the layout loss, when it is on
                 model_pred = model(
                     noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states,
                     frame_starts=frame_starts, num_clip_frames=args.num_frames,
@@ -772,8 +775,7 @@ def main(args):
                     layout = layout_loss(object_vectors, batch.object_boxes, batch.maskable)
                     step_layout_loss += layout.item() / args.gradient_accumulation_steps
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
-                total = loss + args.layout_loss_weight * layout if args.layout_loss_weight > 0 else loss
-                accelerator.backward(total / args.gradient_accumulation_steps)
+                accelerator.backward((loss + args.layout_loss_weight * layout) / args.gradient_accumulation_steps)
             step_loss += loss.item() / args.gradient_accumulation_steps
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, args.max_grad_norm)

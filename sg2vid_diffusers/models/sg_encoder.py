@@ -328,7 +328,7 @@ class SceneGraphEncoder(ModelMixin, ConfigMixin):
     def object_vectors(self, batch: SceneGraphBatch) -> torch.Tensor:
         """(O, D) every object's vector after the graph convolution, rows as ``batch.objs`` (the
         ``__image__`` nodes included): the subject and object thirds of the local tokens are these rows.
-        Training's layout loss (``train_video.py --layout_loss_weight``) reads its first channels."""
+        Training's layout loss (``--layout_loss_weight``) reads them through a fixed projection."""
         self._check_batch(batch)
         return self._convolve(batch)[0]
 

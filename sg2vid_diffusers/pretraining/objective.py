@@ -334,8 +334,9 @@ class MaskedContrastiveObjective(nn.Module):
         layout = contrastive.new_zeros(())
         if self.layout_loss_weight > 0:
             layout = layout_loss(self.graph_encoder.object_vectors(batch.graphs), batch.object_boxes, batch.maskable)
-        loss = self.contrastive_weight * contrastive + self.mask_loss_weight * mask_loss
-        loss = loss + self.layout_loss_weight * layout if self.layout_loss_weight > 0 else loss
+        loss = (
+            self.contrastive_weight * contrastive + self.mask_loss_weight * mask_loss + self.layout_loss_weight * layout
+        )
         return MaskedContrastiveOutput(
             loss=loss,
             contrastive_loss=contrastive,
