@@ -15,7 +15,12 @@ from sg2vid_diffusers.models import (
     PlainAttnProcessor,
     install_graph_processors,
 )
-from sg2vid_diffusers.models.graph_attention import is_graph_attention_layer, is_xformers_available
+from sg2vid_diffusers.models.graph_attention import (
+    graph_position_features,
+    graph_position_table,
+    is_graph_attention_layer,
+    is_xformers_available,
+)
 
 B, F, M, L = 2, 3, 5, 4  # videos, frames, queries (pixels) per frame, graph tokens
 QUERY_DIM, CONTEXT_DIM = 8, 6
@@ -235,6 +240,99 @@ def test_decoupled_graph_weights_get_gradients(attn, inputs):
     assert processor.to_k_graph.weight.grad.abs().sum() == 0
 
 
+# ------------------------------------------------------------------ query positions
+
+POS_DIM = 8
+
+
+def test_position_features_say_where_each_query_is():
+    features = graph_position_features(2, 3, POS_DIM)  # row-major: (y0 x0, y0 x1, y0 x2, y1 x0, ...)
+    assert features.shape == (6, POS_DIM)
+    grid = features.view(2, 3, POS_DIM)
+    # the lowest frequency's sine is monotonic across the grid: x grows to the right, y downwards
+    assert (grid[:, 1:, 0] > grid[:, :-1, 0]).all() and torch.equal(grid[0, :, 0], grid[1, :, 0])
+    assert (grid[1, :, 2] > grid[0, :, 2]).all() and torch.equal(grid[:, 0, 2], grid[:, 2, 2])
+    assert torch.unique(features, dim=0).shape[0] == 6  # every cell is told apart
+    torch.testing.assert_close(grid[0, 0, 0], -grid[0, 2, 0])  # centred: cells at -2/3 and +2/3
+    for bad in (0, 6, -4):
+        with pytest.raises(ValueError, match="multiple of 4"):
+            graph_position_features(2, 3, bad)
+
+
+def test_position_table_has_every_level_of_the_unet():
+    # diffusers' stride-2 downsampling gives ceil(size / 2) at each level
+    assert sorted(graph_position_table(8, 6, 3, POS_DIM)) == [2 * 2, 4 * 3, 8 * 6]
+    table = graph_position_table(5, 5, 3, POS_DIM)
+    assert sorted(table) == [2 * 2, 3 * 3, 5 * 5]
+    torch.testing.assert_close(table[9], graph_position_features(3, 3, POS_DIM))
+
+
+def positional(processor, seed=3):
+    """``processor`` with its position projection no longer zero (as after some training)."""
+    with torch.no_grad():
+        processor.to_q_pos.weight.normal_(generator=torch.Generator().manual_seed(seed))
+    return processor
+
+
+POSITIONS = {M: graph_position_features(1, M, POS_DIM)}
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_positions_change_nothing_until_trained_then_tell_queries_apart(attn, inputs, which):
+    hidden, text, graph, mask = inputs
+    base = graph_processors(attn)[which]
+    if which == 0:
+        with_positions = GraphAttnProcessor.for_layer(attn, position_dim=POS_DIM)
+    else:
+        with_positions = DecoupledGraphAttnProcessor.for_layer(attn, position_dim=POS_DIM)
+        with_positions.load_state_dict({**base.state_dict(), "to_q_pos.weight": with_positions.to_q_pos.weight})
+    args = dict(graph_hidden_states=graph, graph_mask=mask)
+    torch.testing.assert_close(
+        with_positions(attn, hidden, text, **args, graph_positions=POSITIONS), base(attn, hidden, text, **args),
+        rtol=0, atol=0,
+    )  # fmt: skip
+    # the same content at every position: without positions every query gives the same output
+    same = hidden[:, :1].expand_as(hidden)
+    assert torch.allclose(base(attn, same, text, **args)[:, 1:], base(attn, same, text, **args)[:, :1])
+    out = positional(with_positions)(attn, same, text, **args, graph_positions=POSITIONS)
+    assert not torch.allclose(out[:, 1:], out[:, :1], atol=1e-4)
+
+
+def test_decoupled_positions_reach_the_graph_branch_only(attn, inputs):
+    hidden, text, graph, mask = inputs
+    processor = positional(DecoupledGraphAttnProcessor.for_layer(attn, position_dim=POS_DIM))
+    text_only = AttnProcessor2_0()(attn, hidden, encoder_hidden_states=text)
+    out = processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask, graph_scale=0.0,
+                    graph_positions=POSITIONS)  # fmt: skip
+    torch.testing.assert_close(out, text_only, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_position_projection_learns_from_zero(attn, inputs, which):
+    hidden, text, graph, mask = inputs
+    cls = (GraphAttnProcessor, DecoupledGraphAttnProcessor)[which]
+    processor = cls.for_layer(attn, position_dim=POS_DIM)
+    if which == 1:
+        with torch.no_grad():
+            processor.to_v_graph.weight.normal_(generator=torch.Generator().manual_seed(2))
+    out = processor(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask, graph_positions=POSITIONS)
+    out.square().sum().backward()
+    assert processor.to_q_pos.weight.grad.abs().sum() > 0
+
+
+def test_positions_missing_or_of_another_size_are_clear_errors(attn, inputs):
+    hidden, text, graph, mask = inputs
+    processor = GraphAttnProcessor.for_layer(attn, position_dim=POS_DIM)
+    with pytest.raises(ValueError, match="needs `graph_positions`"):
+        processor(attn, hidden, text, graph_hidden_states=graph)
+    with pytest.raises(ValueError, match=r"no features for 5 query positions \(it has sizes \[4, 16\]\)"):
+        processor(attn, hidden, text, graph_hidden_states=graph, graph_positions=graph_position_table(4, 4, 2, 8))
+    with pytest.raises(ValueError, match="needs hidden_size"):
+        GraphAttnProcessor(position_dim=POS_DIM)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        GraphAttnProcessor(hidden_size=8, position_dim=6)
+
+
 # ------------------------------------------------------------------ installing in a UNet
 
 
@@ -285,6 +383,25 @@ def test_reinstalling_keeps_trained_decoupled_weights(unet3d):
     after = {k: v for k, v in unet3d.state_dict().items() if "processor" in k}
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_reinstalling_keeps_trained_position_weights_and_adds_or_drops_them(unet3d):
+    install_graph_processors(unet3d, "graph_only", position_dim=POS_DIM)
+    weights = {k: v for k, v in unet3d.state_dict().items() if "processor" in k}
+    assert sorted(weights) == sorted(f"{name}.to_q_pos.weight" for name in unet3d.attn_processors
+                                     if is_graph_attention_layer(name))  # fmt: skip
+    assert all(not v.any() for v in weights.values())  # zero at the start
+    with torch.no_grad():
+        for proc in unet3d.attn_processors.values():
+            if isinstance(proc, GraphAttnProcessor):
+                proc.to_q_pos.weight.fill_(0.5)
+    install_graph_processors(unet3d, "graph_only", position_dim=POS_DIM)
+    assert all((v == 0.5).all() for k, v in unet3d.state_dict().items() if "processor" in k)
+    install_graph_processors(unet3d, "decoupled", position_dim=POS_DIM)  # the position weights carry over
+    after = {k: v for k, v in unet3d.state_dict().items() if "to_q_pos" in k}
+    assert after.keys() == weights.keys() and all((v == 0.5).all() for v in after.values())
+    install_graph_processors(unet3d, "graph_only")
+    assert not [k for k in unet3d.state_dict() if "processor" in k]
 
 
 def test_switching_to_graph_only_drops_the_graph_projections(unet3d):
@@ -352,15 +469,20 @@ def check_xformers_processors(attn, inputs):
     decoupled = trained_decoupled(attn)
     xformers_decoupled = XFormersDecoupledGraphAttnProcessor(decoupled.hidden_size, decoupled.cross_attention_dim)
     xformers_decoupled.to(hidden.device).load_state_dict(decoupled.state_dict())
+    graph_pos = positional(GraphAttnProcessor.for_layer(attn, position_dim=POS_DIM))
+    xformers_graph_pos = XFormersGraphAttnProcessor(hidden_size=graph_pos.to_q_pos.out_features, position_dim=POS_DIM)
+    xformers_graph_pos.to(hidden.device).load_state_dict(graph_pos.state_dict())
     pairs = [
         (PlainAttnProcessor(), XFormersPlainAttnProcessor()),
         (GraphAttnProcessor(), XFormersGraphAttnProcessor()),
         (decoupled, xformers_decoupled),
+        (graph_pos, xformers_graph_pos),
     ]
+    positions = {M: POSITIONS[M].to(hidden.device)}
     for sdpa, xformers in pairs:
         torch.testing.assert_close(
-            xformers(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask),
-            sdpa(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask),
+            xformers(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask, graph_positions=positions),
+            sdpa(attn, hidden, text, graph_hidden_states=graph, graph_mask=mask, graph_positions=positions),
             rtol=1e-4,
             atol=1e-4,
         )

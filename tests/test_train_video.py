@@ -151,6 +151,25 @@ def test_only_graph_weights_train_and_the_pipeline_folder_generates(graph_run, w
     assert saved and all(is_graph_weight(k.removeprefix("unet.")) for k in saved)
 
 
+def test_graph_positions_are_added_to_a_trained_pipeline_and_train_with_the_graph_weights(work, tmp_path):
+    out = tmp_path / "positions"
+    train("--pretrained_model_name_or_path", work / "pipe", "--graph_position_dim", 8,
+          *common(work, out, "--max_train_steps", 2, "--checkpointing_steps", 2))  # fmt: skip
+    unet, original_unet = weights(out, "unet"), weights(work / "pipe", "unet")
+    new = sorted(set(unet) - set(original_unet))
+    assert new and all(key.endswith(".processor.to_q_pos.weight") for key in new)
+    assert all(unet[key].abs().sum() > 0 for key in new)  # trained from zero
+    assert_same(unet, original_unet, [k for k in original_unet if not is_graph_weight(k)])  # frozen backbone
+    assert json.loads((out / "unet" / "config.json").read_text())["graph_position_dim"] == 8
+    saved = load_file(out / "checkpoint-2" / "trained_weights.safetensors")
+    assert {f"unet.{key}" for key in new} <= set(saved)
+    generate(out)
+    with pytest.raises(SystemExit):
+        train("--pretrained_model_name_or_path", work / "pipe", "--graph_position_dim", 6,
+              *common(work, tmp_path / "bad", "--max_train_steps", 1))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+
+
 def test_validation_videos_are_written_and_logged(graph_run):
     from sg2vid_diffusers.video_io import read_video
 

@@ -369,6 +369,78 @@ def test_save_and_load_round_trip(mode, tmp_path):
         )
 
 
+def perturb_positions(unet, seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "to_q_pos" in name:
+                param.normal_(generator=gen)
+
+
+@pytest.mark.parametrize("mode", ["graph_only", "decoupled"])
+def test_graph_positions_start_as_the_model_without_them_then_move_it(mode):
+    unet = graph_unet(mode)
+    perturb_graph_values(unet)
+    torch.manual_seed(0)
+    positioned = SceneGraphUNet3DConditionModel(**BASE, **GRAPH, graph_mode=mode, graph_position_dim=8).eval()
+    missing, unexpected = positioned.load_state_dict(unet.state_dict(), strict=False)
+    assert not unexpected and missing and all(".processor.to_q_pos.weight" in key for key in missing)
+    gen = torch.Generator().manual_seed(3)
+    sample, text = torch.randn(B, 4, F, 8, 6, generator=gen), torch.randn(B, 3, C, generator=gen)  # not square
+    context = unet.build_graph_context(*encoder_outputs(), num_frames=F)
+    with torch.no_grad():
+        before = unet(sample, 10, text, graph_context=context).sample
+        torch.testing.assert_close(positioned(sample, 10, text, graph_context=context).sample, before, rtol=0, atol=0)
+        perturb_positions(positioned)
+        after = positioned(sample, 10, text, graph_context=context).sample
+        assert (after - before).abs().max() > 1e-3
+        if mode == "decoupled":  # the text-only model (no graph) is untouched
+            torch.testing.assert_close(positioned(sample, 10, text).sample, unet(sample, 10, text).sample, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_a_model_without_positions_gains_them_unchanged_and_keeps_them_through_save_and_load(tmp_path, low_cpu_mem_usage):
+    unet = graph_unet("graph_only")
+    unet.save_pretrained(tmp_path / "plain")
+    sample, text = inputs()
+    context = unet.build_graph_context(*encoder_outputs(), num_frames=F)
+    with torch.no_grad():
+        before = unet(sample, 10, text, graph_context=context).sample
+    loaded = SceneGraphUNet3DConditionModel.from_pretrained(
+        tmp_path / "plain", graph_position_dim=8, low_cpu_mem_usage=low_cpu_mem_usage
+    ).eval()
+    assert loaded.config.graph_position_dim == 8
+    positions = {k: v for k, v in loaded.state_dict().items() if "to_q_pos" in k}
+    assert len(positions) == 4 and all(not v.is_meta and not v.any() for v in positions.values())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample, 10, text, graph_context=context).sample, before, rtol=0, atol=0)
+
+    unet.enable_graph_positions(8)  # in place, the same
+    assert unet.config.graph_position_dim == 8
+    assert sorted(k for k in unet.state_dict() if "to_q_pos" in k) == sorted(positions)
+    perturb_positions(unet)
+    with torch.no_grad():
+        moved = unet(sample, 10, text, graph_context=context).sample
+        unet.set_default_attn_processor()  # keeps them
+        torch.testing.assert_close(unet(sample, 10, text, graph_context=context).sample, moved, rtol=0, atol=0)
+    unet.save_pretrained(tmp_path / "positioned")
+    reloaded = SceneGraphUNet3DConditionModel.from_pretrained(tmp_path / "positioned", low_cpu_mem_usage=low_cpu_mem_usage)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(sample, 10, text, graph_context=context).sample, moved, rtol=0, atol=0)
+    reloaded.enable_graph_positions(0)
+    assert not [k for k in reloaded.state_dict() if "processor" in k]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(sample, 10, text, graph_context=context).sample, before, rtol=0, atol=0)
+
+
+def test_bad_graph_position_dims_are_clear_errors():
+    for bad in (-4, 6, 2.0):
+        with pytest.raises(ValueError, match="graph_position_dim must be 0 or a positive multiple of 4"):
+            SceneGraphUNet3DConditionModel(**BASE, **GRAPH, graph_position_dim=bad)
+    with pytest.raises(ValueError, match="position_dim must be 0 or a positive multiple of 4"):
+        graph_unet("graph_only").enable_graph_positions(10)
+
+
 def test_a_pipeline_saves_and_loads_the_unet_as_a_component(tmp_path):
     class UNetOnlyPipeline(DiffusionPipeline):
         def __init__(self, unet):

@@ -137,6 +137,14 @@ def parse_args(argv=None):
         "regressed onto its clip-mean box; needs --train_sg_encoder and boxes in the data). Ours, not "
         "SGDiff's: it teaches the encoder where the relations put objects. Default 0: off.",
     )
+    model.add_argument(
+        "--graph_position_dim",
+        type=int,
+        default=None,
+        help="Give the graph attention's queries position features of this width (a multiple of 4; ours, not "
+        "SGDiff's): new projections start at zero, so a trained model keeps its output until they train. "
+        "Default: the model's own (0 for a new one unless --unet_config sets it).",
+    )
     model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the trained weights and save it.")
     model.add_argument("--ema_decay", type=float, default=0.9999)
     model.add_argument("--gradient_checkpointing", action="store_true")
@@ -211,6 +219,8 @@ def parse_args(argv=None):
         parser.error(f"--graph_dropout must be in [0, 1], got {args.graph_dropout}")
     if args.layout_loss_weight < 0:
         parser.error(f"--layout_loss_weight must be >= 0, got {args.layout_loss_weight}")
+    if args.graph_position_dim is not None and (args.graph_position_dim < 0 or args.graph_position_dim % 4):
+        parser.error(f"--graph_position_dim must be 0 or a positive multiple of 4, got {args.graph_position_dim}")
     if args.layout_loss_weight > 0 and not args.train_sg_encoder:
         parser.error("--layout_loss_weight trains the graph encoder: add --train_sg_encoder")
     return args
@@ -262,6 +272,8 @@ def load_models(args):
         pipeline.scheduler.register_to_config(prediction_type=args.prediction_type)
 
     unet, sg_encoder, vae = pipeline.unet, pipeline.sg_encoder, pipeline.vae
+    if args.graph_position_dim is not None and args.graph_position_dim != unet.config.graph_position_dim:
+        unet.enable_graph_positions(args.graph_position_dim)
     if sg_encoder.vocab is None:
         raise ValueError("the scene-graph encoder has no vocabulary (vocab.json beside its weights)")
     width = sg_encoder.config.output_dim

@@ -15,6 +15,14 @@ All processors take the same keyword arguments, ``graph_hidden_states``, ``graph
 ``graph_scale``, because the UNet sends ``cross_attention_kwargs`` to every layer and diffusers
 logs a warning per call for every keyword a processor does not name.
 
+Optionally (``position_dim > 0``, the UNet's ``graph_position_dim``; ours, not SGDiff's) the graph
+attention's queries also carry *where* they are: fixed Fourier features of each query's position in
+the latent, through a learned projection ``to_q_pos`` that starts at zero (so a model gains it
+without changing its output), are added to the projected query of the graph branch. Scene-graph
+relations are about where objects are, and a query of a small latent otherwise knows its position
+only through the convolutions' zero padding. The UNet sends the features of every resolution as
+``graph_positions`` (:func:`graph_position_table`).
+
 The ``XFormers...`` variants compute the same thing with xformers' memory-efficient attention;
 :func:`install_graph_processors` chooses them with ``xformers=True``.
 
@@ -33,6 +41,8 @@ from torch import nn
 
 __all__ = [
     "DecoupledGraphAttnProcessor",
+    "graph_position_features",
+    "graph_position_table",
     "GRAPH_MODES",
     "GraphAttnProcessor",
     "PlainAttnProcessor",
@@ -103,6 +113,92 @@ def _match_graph_batch(
     if graph_mask is not None:
         graph_mask = graph_mask.repeat_interleave(repeats, dim=0)
     return graph_hidden_states, graph_mask
+
+
+def graph_position_features(
+    height: int, width: int, dim: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    r"""Fixed Fourier features of the positions of an ``height`` x ``width`` grid, row-major as the
+    queries of a spatial attention layer are.
+
+    Each cell's centre has coordinates x, y in (-1, 1) (x to the right, y downwards); its features are
+    ``sin(f x), cos(f x), sin(f y), cos(f y)`` for ``f = pi / 2 * 2**k``, k = 0 .. dim / 4 - 1 (the
+    first pair is monotonic in x across the grid, the last ones resolve neighbouring cells).
+
+    Returns:
+        (height * width, dim).
+    """
+    if dim <= 0 or dim % 4:
+        raise ValueError(f"position features need a positive multiple of 4 dimensions, got {dim}")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"position features need a positive grid size, got {height} x {width}")
+    y = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height * 2 - 1
+    x = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width * 2 - 1
+    y, x = torch.meshgrid(y, x, indexing="ij")
+    freqs = torch.pi / 2 * 2.0 ** torch.arange(dim // 4, dtype=torch.float32, device=device)  # (K,)
+    x, y = x.reshape(-1, 1) * freqs, y.reshape(-1, 1) * freqs  # (H*W, K)
+    features = torch.stack([x.sin(), x.cos(), y.sin(), y.cos()], dim=-1).flatten(1)  # (H*W, 4K)
+    return features.to(dtype) if dtype is not None else features
+
+
+def graph_position_table(
+    height: int, width: int, num_levels: int, dim: int, *, device=None, dtype=None
+) -> dict[int, torch.Tensor]:
+    """:func:`graph_position_features` of every resolution of a UNet whose ``num_levels`` levels each
+    halve the size (diffusers' stride-2 downsampling: ``ceil(size / 2)``), keyed by the number of
+    positions, which is how a processor, seeing only (N, H*W, C) queries, finds its own.
+
+    Returns:
+        {H*W: (H*W, dim)} for the latent's ``height`` x ``width`` and every smaller level.
+    """
+    table = {}
+    for _ in range(num_levels):
+        table.setdefault(height * width, graph_position_features(height, width, dim, device=device, dtype=dtype))
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return table
+
+
+class _QueryPosition(nn.Module):
+    """The optional position projection of a graph processor: ``to_q_pos`` (position_dim -> inner,
+    no bias), zero at the start; absent when ``position_dim`` is 0."""
+
+    def __init__(self, hidden_size: int | None = None, position_dim: int = 0):
+        super().__init__()
+        if position_dim < 0 or position_dim % 4:
+            raise ValueError(f"position_dim must be 0 or a positive multiple of 4, got {position_dim}")
+        if position_dim and hidden_size is None:
+            raise ValueError("a graph processor with position_dim > 0 needs hidden_size (the layer's inner dimension)")
+        self.position_dim = position_dim
+        self.to_q_pos = nn.Linear(position_dim, hidden_size, bias=False) if position_dim else None
+        if self.to_q_pos is not None:
+            with torch.no_grad():
+                self.to_q_pos.weight.zero_()  # a no-op on the meta device (diffusers' empty-weight loading)
+
+    @torch.no_grad()
+    def reset_position(self, device: torch.device | str | None = None) -> None:
+        """``to_q_pos`` = 0 (materialised on ``device`` when it is on the meta device)."""
+        if self.to_q_pos is None:
+            return
+        if self.to_q_pos.weight.is_meta:
+            self.to_q_pos.to_empty(device=device or "cpu")
+        self.to_q_pos.weight.zero_()
+
+    def _with_position(self, query: torch.Tensor, graph_positions: dict[int, torch.Tensor] | None) -> torch.Tensor:
+        """(N, M, inner) query + ``to_q_pos`` of the M positions' features (the query unchanged when off)."""
+        if self.to_q_pos is None:
+            return query
+        if graph_positions is None:
+            raise ValueError(
+                "this graph processor has position_dim > 0 and needs `graph_positions` (the UNet sends them; "
+                "see graph_position_table)"
+            )
+        features = graph_positions.get(query.shape[1])
+        if features is None:
+            raise ValueError(
+                f"graph_positions has no features for {query.shape[1]} query positions (it has sizes "
+                f"{sorted(graph_positions)})"
+            )
+        return query + self.to_q_pos(features.to(device=query.device, dtype=query.dtype))[None]
 
 
 class _AttentionProcessorBase:
@@ -207,7 +303,7 @@ def _graph_sdpa_mask(graph_mask: torch.Tensor | None) -> torch.Tensor | None:
 class PlainAttnProcessor(_AttentionProcessorBase):
     r"""Plain scaled-dot-product attention (as diffusers' ``AttnProcessor2_0``) for the layers that do
     not see the graph: self-attention and the temporal layers. It accepts ``graph_hidden_states``,
-    ``graph_mask`` and ``graph_scale`` and ignores them, so that the UNet can send them to every layer
+    ``graph_mask``, ``graph_scale`` and ``graph_positions`` and ignores them, so that the UNet can send them to every layer
     without a warning per call."""
 
     def __call__(
@@ -220,6 +316,7 @@ class PlainAttnProcessor(_AttentionProcessorBase):
         graph_hidden_states: torch.Tensor | None = None,
         graph_mask: torch.Tensor | None = None,
         graph_scale: float = 1.0,
+        graph_positions: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         hidden_states, saved = self._begin(attn, hidden_states, temb)
         batch_size = hidden_states.shape[0]
@@ -229,7 +326,7 @@ class PlainAttnProcessor(_AttentionProcessorBase):
         return self._end(attn, out, saved)
 
 
-class GraphAttnProcessor(_AttentionProcessorBase):
+class GraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
     r"""Graph-only cross-attention: the layer attends over the graph context with its own
     ``to_k``/``to_v``; ``encoder_hidden_states`` (text, or the UNet's zero stand-in) is ignored.
 
@@ -237,10 +334,30 @@ class GraphAttnProcessor(_AttentionProcessorBase):
     ``norm_cross`` (if any) is applied to the graph context, as it would be to the context it
     replaces. ``graph_scale`` is accepted for a uniform signature and has no effect here.
 
+    Args:
+        hidden_size: the layer's inner dimension (``attn.to_q.out_features``); needed with positions.
+        position_dim: 0 (SGDiff's attention, no weights) or the width of the position features whose
+            projection ``to_q_pos`` (zero at the start) is added to the query; then the processor's
+            weights are part of the UNet's state dict (``...attn2.processor.to_q_pos.weight``).
+
     Call arguments beyond diffusers' usual ones:
         graph_hidden_states: (B*F or B, L, C) graph context (``GraphContext.hidden_states``); required.
         graph_mask: (B*F or B, L) bool, True = attend; None attends to every token.
+        graph_positions: {H*W: (H*W, position_dim)} (:func:`graph_position_table`); required with
+            positions, ignored without.
     """
+
+    def __init__(self, hidden_size: int | None = None, position_dim: int = 0):
+        _QueryPosition.__init__(self, hidden_size, position_dim)
+
+    @classmethod
+    def for_layer(cls, attn: Attention, position_dim: int = 0, **kwargs) -> "GraphAttnProcessor":
+        """A processor sized for ``attn``, on its device and dtype."""
+        processor = cls(hidden_size=attn.to_q.out_features, position_dim=position_dim, **kwargs)
+        weight = attn.to_q.weight
+        if not weight.is_meta:
+            processor.to(device=weight.device, dtype=weight.dtype)
+        return processor
 
     def __call__(
         self,
@@ -252,6 +369,7 @@ class GraphAttnProcessor(_AttentionProcessorBase):
         graph_hidden_states: torch.Tensor | None = None,
         graph_mask: torch.Tensor | None = None,
         graph_scale: float = 1.0,
+        graph_positions: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if graph_hidden_states is None:
             raise ValueError(
@@ -261,11 +379,12 @@ class GraphAttnProcessor(_AttentionProcessorBase):
         hidden_states, saved = self._begin(attn, hidden_states, temb)
         graph_hidden_states, graph_mask = _match_graph_batch(graph_hidden_states, graph_mask, hidden_states.shape[0])
         query, key, value = self._query_and_text(attn, hidden_states, graph_hidden_states)
+        query = self._with_position(query, graph_positions)
         out = self._attend(attn, query, key, value, _graph_sdpa_mask(graph_mask))
         return self._end(attn, out, saved)
 
 
-class DecoupledGraphAttnProcessor(_AttentionProcessorBase, nn.Module):
+class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
     r"""Decoupled cross-attention (IP-Adapter's scheme) for graph tokens.
 
     ``out = Attention(q, text) + graph_scale * Attention(q, to_k_graph(graph), to_v_graph(graph))``,
@@ -282,15 +401,18 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, nn.Module):
     Args:
         hidden_size: the layer's inner dimension (``attn.to_k.out_features``).
         cross_attention_dim: C, width of the graph context (the UNet's ``cross_attention_dim``).
+        position_dim: as :class:`GraphAttnProcessor`'s; the position term is added to the graph
+            branch's query only, so the text branch stays the base model's.
 
     Call arguments beyond diffusers' usual ones:
         graph_hidden_states: (B*F or B, L, C) graph context, or None for text only.
         graph_mask: (B*F or B, L) bool, True = attend; None attends to every token.
         graph_scale: weight of the graph branch (0 gives the text-only model).
+        graph_positions: as :class:`GraphAttnProcessor`'s.
     """
 
-    def __init__(self, hidden_size: int, cross_attention_dim: int):
-        super().__init__()
+    def __init__(self, hidden_size: int, cross_attention_dim: int, position_dim: int = 0):
+        _QueryPosition.__init__(self, hidden_size, position_dim)
         self.hidden_size = hidden_size
         self.cross_attention_dim = cross_attention_dim
         self.to_k_graph = nn.Linear(cross_attention_dim, hidden_size, bias=False)
@@ -303,17 +425,20 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, nn.Module):
         """A processor sized for ``attn``, on its device and dtype, initialised by :meth:`reset_parameters`."""
         weight = attn.to_k.weight
         processor = cls(attn.to_k.out_features, attn.to_k.in_features, **kwargs)
-        processor.to(device=weight.device, dtype=weight.dtype)
+        if not weight.is_meta:
+            processor.to(device=weight.device, dtype=weight.dtype)
         processor.reset_parameters(attn)
         return processor
 
     @torch.no_grad()
     def reset_parameters(self, attn: Attention) -> None:
-        """``to_k_graph`` = a copy of ``attn.to_k``, ``to_v_graph`` = 0 (materialising meta tensors)."""
-        if self.to_k_graph.weight.is_meta or self.to_v_graph.weight.is_meta:
+        """``to_k_graph`` = a copy of ``attn.to_k``, ``to_v_graph`` = 0, ``to_q_pos`` (if any) = 0
+        (materialising meta tensors)."""
+        if any(param.is_meta for param in self.parameters()):
             self.to_empty(device=attn.to_k.weight.device)
         self.to_k_graph.weight.copy_(attn.to_k.weight)
         self.to_v_graph.weight.zero_()
+        self.reset_position()
 
     def __call__(
         self,
@@ -325,6 +450,7 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, nn.Module):
         graph_hidden_states: torch.Tensor | None = None,
         graph_mask: torch.Tensor | None = None,
         graph_scale: float = 1.0,
+        graph_positions: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # Defined as __call__ (as IP-Adapter's processors are), not forward: diffusers reads the keyword
         # names off processor.__call__, and nn.Module's generic one would hide them.
@@ -338,7 +464,8 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, nn.Module):
             graph_hidden_states, graph_mask = _match_graph_batch(graph_hidden_states, graph_mask, batch_size)
             graph_key = self.to_k_graph(graph_hidden_states)  # (N, L, inner)
             graph_value = self.to_v_graph(graph_hidden_states)  # (N, L, inner)
-            graph_out = self._attend(attn, query, graph_key, graph_value, _graph_sdpa_mask(graph_mask))
+            graph_query = self._with_position(query, graph_positions)
+            graph_out = self._attend(attn, graph_query, graph_key, graph_value, _graph_sdpa_mask(graph_mask))
             out = out + graph_scale * graph_out
         return self._end(attn, out, saved)
 
@@ -390,19 +517,22 @@ class XFormersPlainAttnProcessor(_XFormersAttention, PlainAttnProcessor):
 
 
 class XFormersGraphAttnProcessor(_XFormersAttention, GraphAttnProcessor):
-    """:class:`GraphAttnProcessor` with xformers' memory-efficient attention."""
+    """:class:`GraphAttnProcessor` with xformers' memory-efficient attention (same weights)."""
 
-    def __init__(self, attention_op: Callable | None = None):
+    def __init__(self, attention_op: Callable | None = None, hidden_size: int | None = None, position_dim: int = 0):
         _require_xformers()
+        super().__init__(hidden_size, position_dim)
         self.attention_op = attention_op
 
 
 class XFormersDecoupledGraphAttnProcessor(_XFormersAttention, DecoupledGraphAttnProcessor):
     """:class:`DecoupledGraphAttnProcessor` with xformers' memory-efficient attention (same weights)."""
 
-    def __init__(self, hidden_size: int, cross_attention_dim: int, attention_op: Callable | None = None):
+    def __init__(
+        self, hidden_size: int, cross_attention_dim: int, attention_op: Callable | None = None, position_dim: int = 0
+    ):
         _require_xformers()
-        super().__init__(hidden_size, cross_attention_dim)
+        super().__init__(hidden_size, cross_attention_dim, position_dim)
         self.attention_op = attention_op
 
 
@@ -420,7 +550,12 @@ def is_graph_attention_layer(processor_name: str) -> bool:
 
 
 def install_graph_processors(
-    unet: nn.Module, mode: str, *, xformers: bool = False, attention_op: Callable | None = None
+    unet: nn.Module,
+    mode: str,
+    *,
+    position_dim: int = 0,
+    xformers: bool = False,
+    attention_op: Callable | None = None,
 ) -> dict[str, object]:
     r"""Put graph processors on the spatial cross-attention layers of ``unet`` and
     :class:`PlainAttnProcessor` on every other attention layer.
@@ -429,12 +564,13 @@ def install_graph_processors(
         unet: a model with diffusers' ``attn_processors`` / ``set_attn_processor`` (UNet3D and kin).
         mode: ``"graph_only"`` (:class:`GraphAttnProcessor`) or ``"decoupled"``
             (:class:`DecoupledGraphAttnProcessor`).
+        position_dim: width of the graph queries' position features (0: none, SGDiff's attention).
         xformers: use the ``XFormers...`` variants (raises ModuleNotFoundError without xformers).
         attention_op: xformers' attention operator (None lets xformers choose).
 
-    Decoupled processors already installed keep their weights (switching between the SDPA and the
-    xformers variant included); new ones are initialised by
-    :meth:`DecoupledGraphAttnProcessor.reset_parameters`.
+    Graph processors already installed keep their weights (switching between the SDPA and the
+    xformers variant included; ``to_q_pos`` between modes too); new weights are initialised as a new model's (decoupled ones by
+    :meth:`DecoupledGraphAttnProcessor.reset_parameters`, ``to_q_pos`` at zero).
 
     Returns:
         The installed processors by name (as ``unet.attn_processors``).
@@ -450,22 +586,28 @@ def install_graph_processors(
         attn = layers[layer_name]
         if not is_graph_attention_layer(name):
             processors[name] = XFormersPlainAttnProcessor(attention_op) if xformers else PlainAttnProcessor()
-        elif mode == "graph_only":
-            processors[name] = XFormersGraphAttnProcessor(attention_op) if xformers else GraphAttnProcessor()
+            continue
+        if mode == "graph_only":
+            cls = XFormersGraphAttnProcessor if xformers else GraphAttnProcessor
         else:
-            processors[name] = _decoupled_processor(attn, xformers, attention_op)
+            cls = XFormersDecoupledGraphAttnProcessor if xformers else DecoupledGraphAttnProcessor
+        kwargs = {"attention_op": attention_op} if xformers else {}
+        processor = cls.for_layer(attn, position_dim=position_dim, **kwargs)
+        _keep_weights(processor, attn.processor)
+        processors[name] = processor
     unet.set_attn_processor(dict(processors))
     return processors
 
 
-def _decoupled_processor(attn: Attention, xformers: bool, attention_op: Callable | None) -> DecoupledGraphAttnProcessor:
-    previous = attn.processor
-    if xformers:
-        processor = XFormersDecoupledGraphAttnProcessor.for_layer(attn, attention_op=attention_op)
-    else:
-        processor = DecoupledGraphAttnProcessor.for_layer(attn)
-    if isinstance(previous, DecoupledGraphAttnProcessor):
-        processor.load_state_dict(previous.state_dict())
-        processor.train(previous.training)
-        processor.requires_grad_(previous.to_v_graph.weight.requires_grad)
-    return processor
+def _keep_weights(processor: nn.Module, previous) -> None:
+    """Carry the weights ``processor`` shares (same name and shape) with the one it replaces: the
+    decoupled projections between the SDPA and xformers variants, ``to_q_pos`` across modes too."""
+    if not isinstance(previous, nn.Module):
+        return
+    own = processor.state_dict()
+    shared = {key: value for key, value in previous.state_dict().items() if key in own and own[key].shape == value.shape}
+    processor.load_state_dict(shared, strict=False)
+    processor.train(previous.training)
+    params = list(previous.parameters())
+    if params:
+        processor.requires_grad_(params[0].requires_grad)

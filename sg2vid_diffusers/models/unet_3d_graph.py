@@ -30,6 +30,8 @@ from torch import nn
 from .graph_attention import (
     GRAPH_MODES,
     DecoupledGraphAttnProcessor,
+    GraphAttnProcessor,
+    graph_position_table,
     install_graph_processors,
 )
 
@@ -93,16 +95,23 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
       (padding and dropped graphs are masked) are ours: they give the unconditional branch of CFG
       (:meth:`null_graph_context`) and graph dropout in training.
     - Frames: the context is per video or per frame (time-stamped relations).
+    - Positions (``graph_position_dim > 0``, off by default): the graph attention's queries also
+      carry fixed Fourier features of where they are in the latent, through a learned projection
+      that starts at zero (``graph_attention.py``). SGDiff's queries know their position only
+      through the convolutions' padding; relations are about positions.
 
     Args:
         sample_size ... time_cond_proj_dim: as ``UNet3DConditionModel``.
         graph_mode: ``"graph_only"`` or ``"decoupled"``.
         graph_token_dim: width of the encoder's local tokens, 3D (1536 for SGDiff's encoder).
         graph_global_dim: width of the encoder's global vector, D (512 for SGDiff's encoder).
+        graph_position_dim: width of the graph queries' position features, a multiple of 4 (0: none).
+            A model saved without them loads with them (``from_pretrained(..., graph_position_dim=16)``)
+            and gives the same output until trained.
 
     Weight names are those of ``UNet3DConditionModel`` plus ``graph_local_proj``,
-    ``graph_global_proj``, ``null_graph_token`` and, in decoupled mode,
-    ``*.attn2.processor.to_k_graph`` / ``to_v_graph``. The attention processors are the graph ones of
+    ``graph_global_proj``, ``null_graph_token``, in decoupled mode
+    ``*.attn2.processor.to_k_graph`` / ``to_v_graph``, and with positions ``*.attn2.processor.to_q_pos``. The attention processors are the graph ones of
     ``graph_attention.py``; :meth:`set_default_attn_processor` and the xformers switches keep them.
     ``set_attention_slice`` and ``fuse_qkv_projections`` would replace them and raise instead.
 
@@ -147,9 +156,12 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_mode: str = "graph_only",
         graph_token_dim: int = 1536,
         graph_global_dim: int = 512,
+        graph_position_dim: int = 0,
     ):
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
+        if not isinstance(graph_position_dim, int) or graph_position_dim < 0 or graph_position_dim % 4:
+            raise ValueError(f"graph_position_dim must be 0 or a positive multiple of 4, got {graph_position_dim!r}")
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -174,7 +186,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         self.graph_local_proj = nn.Linear(graph_token_dim, cross_attention_dim)
         self.graph_global_proj = nn.Linear(graph_global_dim, cross_attention_dim)
         self.null_graph_token = nn.Parameter(torch.randn(cross_attention_dim) * cross_attention_dim**-0.5)
-        install_graph_processors(self, graph_mode)
+        install_graph_processors(self, graph_mode, position_dim=graph_position_dim)
 
     # ------------------------------------------------------------------ graph context
 
@@ -312,6 +324,11 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 graph_mask=graph_context.mask,
                 graph_scale=graph_scale,
             )
+            if self.config.graph_position_dim:
+                cross_attention_kwargs["graph_positions"] = graph_position_table(
+                    height, width, len(self.config.block_out_channels), self.config.graph_position_dim,
+                    device=sample.device, dtype=sample.dtype,
+                )  # fmt: skip
 
         # 1. time: one embedding per video, repeated per frame (frames are folded into the batch)
         emb = self._time_embedding(timestep, timestep_cond, sample)  # (B, E)
@@ -511,7 +528,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
     def initialize_graph_weights(self, keys: Iterable[str] | None = None) -> None:
         """(Re)initialise graph weights as a new model has them: the projections as ``nn.Linear``
         does, ``null_graph_token`` ~ N(0, 1/C), decoupled processors from their layer's ``to_k``
-        (``DecoupledGraphAttnProcessor.reset_parameters``). Meta tensors are materialised.
+        (``DecoupledGraphAttnProcessor.reset_parameters``), position projections at zero. Meta tensors
+        are materialised.
 
         Args:
             keys: state-dict keys; only the modules that own them are reset (None: all graph weights).
@@ -536,15 +554,29 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             else:
                 self.null_graph_token.copy_(token)
         for name, module in self.named_modules():
-            if isinstance(module, Attention) and isinstance(module.processor, DecoupledGraphAttnProcessor):
-                if wanted(f"{name}.processor."):
-                    module.processor.reset_parameters(module)
+            if not isinstance(module, Attention) or not wanted(f"{name}.processor."):
+                continue
+            if isinstance(module.processor, DecoupledGraphAttnProcessor):
+                module.processor.reset_parameters(module)
+            elif isinstance(module.processor, GraphAttnProcessor):
+                module.processor.reset_position(device)
+
+    def enable_graph_positions(self, position_dim: int) -> None:
+        """Give the graph attention's queries position features of width ``position_dim`` (0 removes
+        them), keeping every other weight: new ``to_q_pos`` projections start at zero, so the output is
+        unchanged until they train. The config's ``graph_position_dim`` follows (saved with the model).
+        For a trained model, e.g. the built-in one, before fine-tuning it with positions."""
+        if not isinstance(position_dim, int) or position_dim < 0 or position_dim % 4:
+            raise ValueError(f"position_dim must be 0 or a positive multiple of 4, got {position_dim!r}")
+        xformers = any(type(p).__name__.startswith("XFormers") for p in self.attn_processors.values())
+        self.register_to_config(graph_position_dim=position_dim)
+        install_graph_processors(self, self.config.graph_mode, position_dim=position_dim, xformers=xformers)
 
     # ------------------------------------------------------------------ attention implementations
 
     def set_default_attn_processor(self) -> None:
         """Back to the default (PyTorch SDPA) processors: the graph ones, weights kept."""
-        install_graph_processors(self, self.config.graph_mode)
+        install_graph_processors(self, self.config.graph_mode, position_dim=self.config.graph_position_dim)
 
     def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
         """Use the xformers variants of the graph processors (weights kept). Raises
@@ -558,7 +590,10 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
     def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
         """The switch behind ``enable/disable_xformers_memory_efficient_attention``. ModelMixin's
         version would give every layer diffusers' plain xformers processor, dropping the graph ones."""
-        install_graph_processors(self, self.config.graph_mode, xformers=valid, attention_op=attention_op)
+        install_graph_processors(
+            self, self.config.graph_mode, position_dim=self.config.graph_position_dim, xformers=valid,
+            attention_op=attention_op,
+        )  # fmt: skip
 
     def set_attention_slice(self, slice_size) -> None:
         raise NotImplementedError(
