@@ -44,10 +44,19 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
-    # The smoke preset's two legs, the second on frame windows with the layout loss, as the card says.
-    expected = [(0, 2, []), (2, 3, ["--frame_window", "2", "--layout_loss_weight", "1"])]
-    assert [(leg["from_step"], leg["to_step"], leg["flags"]) for leg in legs] == expected
-    assert "trained in 2 legs" in card and "2->3" in card and "`--frame_window 2 --layout_loss_weight 1`" in card
+    # The smoke preset's three legs, the second on frame windows with the layout loss, the third a
+    # fine-tune with position features in its own run, as the card says.
+    fine_tune_flags = ["--train_unet", "--graph_position_dim", "8", "--frame_window", "2"]
+    expected = [(0, 2, [], False), (2, 3, ["--frame_window", "2", "--layout_loss_weight", "1"], False),
+                (3, 5, fine_tune_flags, True)]  # fmt: skip
+    assert [(leg["from_step"], leg["to_step"], leg["flags"], leg.get("fine_tune", False)) for leg in legs] == expected
+    assert "trained in 3 legs" in card and "2->3" in card and "`--frame_window 2 --layout_loss_weight 1`" in card
+    assert "3->5" in card and "fine-tuned from the pipeline the legs before it saved" in card
+    # The fine-tune run trained 2 steps of its own from the pipeline of the first run, and is what was exported.
+    assert [p.name for p in sorted((tmp_path / "work" / "video_positions").glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2"]
+    assert pipe.unet.config.graph_position_dim == 8
+    positions = [p for name, p in pipe.unet.named_parameters() if name.endswith("to_q_pos.weight")]
+    assert positions and all(p.abs().sum() > 0 for p in positions)
 
     # Rerunning skips finished stages (nothing to train again, no time added); evaluating again
     # replaces the card's quality table instead of adding a second one.
@@ -85,3 +94,22 @@ def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):
     text = recipe.legs_text(tmp_path)
     assert "3 legs" in text and "0->3500 (80 min)" in text and "3500->9000 (90 min)" in text
     assert "9000->14000 (100 min, `--frame_window 4`)" in text
+    assert "fine-tune" not in text
+    recipe.record_leg(tmp_path, from_step=14000, to_step=17000, seconds=3600, flags=["--graph_position_dim", "16"],
+                      fine_tune=True)  # fmt: skip
+    text = recipe.legs_text(tmp_path)
+    assert "4 legs" in text and "14000->17000 (60 min, `--graph_position_dim 16`, fine-tuned from the pipeline" in text
+    assert "for a fine-tune leg, started anew from their pipeline" in text
+
+
+def test_fine_tune_legs_train_in_their_own_run_from_the_pipeline_before_them(tmp_path):
+    recipe = load_recipe()
+    preset = {"video_legs": [{"max_train_steps": 10}, {"max_train_steps": 20, "flags": ["--frame_window", "4"]},
+                             {"max_train_steps": 25, "fine_tune_into": "video_b"}, {"max_train_steps": 30},
+                             {"max_train_steps": 32, "fine_tune_into": "video_c"}]}  # fmt: skip
+    runs = [(leg["max_train_steps"], out.name, source and source.name, offset)
+            for leg, out, source, offset in recipe.video_runs(preset, tmp_path)]  # fmt: skip
+    assert runs == [(10, "video", None, 0), (20, "video", None, 0), (25, "video_b", "video", 20),
+                    (30, "video_b", "video", 20), (32, "video_c", "video_b", 30)]  # fmt: skip
+    assert recipe.final_video_dir(preset, tmp_path) == tmp_path / "video_c"
+    assert recipe.final_video_dir({"video_legs": preset["video_legs"][:2]}, tmp_path) == tmp_path / "video"

@@ -11,7 +11,10 @@ after an interruption, so rerunning the same command continues where it stopped)
 1. ``data``: SG-Shapes train / validation / test folders (``sg2vid make-dataset``);
 2. ``encoder``: the scene-graph encoder (``train_sg_encoder.py``, masked contrastive pretraining);
 3. ``vae``: the frame autoencoder (``train_vae.py``; its reconstructions are scored by conformance);
-4. ``video``: the graph-only UNet from scratch (``train_video.py``);
+4. ``video``: the graph-only UNet from scratch (``train_video.py``), in legs: each resumes the last
+   one's checkpoint with its own flags, or (``"fine_tune_into": DIR``) starts a new run in WORK/DIR
+   from the pipeline the legs before it saved (their EMA weights; a new optimizer, schedule and
+   EMA), which is how a leg can change the model itself (e.g. ``--graph_position_dim``);
 5. ``guidance``: the default classifier-free guidance, chosen on validation graphs;
 6. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder),
    at most 20 MB;
@@ -104,9 +107,12 @@ PRESETS = {
                  "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"]},
         "video": ["--train_sg_encoder", "--train_batch_size", "2", "--lr_warmup_steps", "0", "--resolution", "32",
                   "--num_validation_inference_steps", "2"],
-        # As the built-in preset's: a leg on windows with the layout loss resumes one without either.
+        # As the built-in preset's: a leg on windows with the layout loss resumes one without either,
+        # then a fine-tune leg adds position features to the graph attention.
         "video_legs": [{"max_train_steps": 2},
-                       {"max_train_steps": 3, "flags": ["--frame_window", "2", "--layout_loss_weight", "1"]}],
+                       {"max_train_steps": 3, "flags": ["--frame_window", "2", "--layout_loss_weight", "1"]},
+                       {"max_train_steps": 5, "fine_tune_into": "video_positions",
+                        "flags": ["--train_unet", "--graph_position_dim", "8", "--frame_window", "2"]}],
         "checkpointing_steps": "1",
         "inference": ["--num-inference-steps", "2"],
         "guidance_scales": [1.0, 4.0],
@@ -197,33 +203,56 @@ def stage_vae(args, preset, work: Path) -> None:
 
 
 def video_done(out: Path) -> int:
-    """The step of the video stage's last checkpoint (0 before the first)."""
+    """The step of a video run's last checkpoint (0 before the first)."""
     checkpoints = list_checkpoints(out)
     return checkpoints[-1][0] if checkpoints else 0
 
 
+def video_runs(preset, work: Path) -> list[tuple[dict, Path, Path | None, int]]:
+    """Each leg of the video stage with the run it trains in: (leg, output folder, the pipeline folder
+    that run started from (None: from scratch), the steps before that run). Legs count steps from the
+    start of the stage (``max_train_steps`` is a running total); a ``fine_tune_into`` leg starts a new
+    run, whose own step count starts at 0."""
+    runs, out, source, offset, total = [], work / "video", None, 0, 0
+    for leg in preset["video_legs"]:
+        if leg.get("fine_tune_into"):
+            out, source, offset = work / leg["fine_tune_into"], out, total
+        runs.append((leg, out, source, offset))
+        total = leg["max_train_steps"]
+    return runs
+
+
+def final_video_dir(preset, work: Path) -> Path:
+    """The pipeline folder the video stage ends with (what the guidance, export and evaluate stages use)."""
+    return video_runs(preset, work)[-1][1]
+
+
 def stage_video(args, preset, work: Path) -> None:
-    out = work / "video"
-    final_steps = preset["video_legs"][-1]["max_train_steps"]
-    if (out / "model_index.json").is_file() and video_done(out) >= final_steps:
+    runs = video_runs(preset, work)
+    final_leg, final_out, _, final_offset = runs[-1]
+    if (final_out / "model_index.json").is_file() and final_offset + video_done(final_out) >= final_leg["max_train_steps"]:
         return False
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
-    for leg in preset["video_legs"]:
-        from_step = video_done(out)
+    for leg, out, source, offset in runs:
+        from_step = offset + video_done(out)
         if from_step >= leg["max_train_steps"]:
             continue  # trained by an earlier run
+        if source is None:
+            model = ["--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder")]
+        else:
+            model = ["--pretrained_model_name_or_path", str(source)]
         start = time.time()
-        run(training_script(args, "train_video.py") + [
-            "--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder"),
+        run(training_script(args, "train_video.py") + model + [
             "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
             "--validation_graphs", str(graphs), "--checkpointing_steps", preset["checkpointing_steps"],
             "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
-            "--seed", str(args.seed), *preset["video"], "--max_train_steps", str(leg["max_train_steps"]),
+            "--seed", str(args.seed), *preset["video"], "--max_train_steps", str(leg["max_train_steps"] - offset),
             *leg.get("flags", []),
         ])  # fmt: skip
-        record_leg(work, from_step, leg["max_train_steps"], seconds=time.time() - start, flags=leg.get("flags", []))
+        record_leg(work, from_step, leg["max_train_steps"], seconds=time.time() - start, flags=leg.get("flags", []),
+                   fine_tune=bool(leg.get("fine_tune_into")))  # fmt: skip
 
 
 def option(flags: list[str], name: str) -> str:
@@ -231,13 +260,18 @@ def option(flags: list[str], name: str) -> str:
     return flags[flags.index(name) + 1]
 
 
-def record_leg(work: Path, from_step: int, to_step: int, seconds: float, flags: list[str] = ()) -> None:
-    """Add one run of the video stage to WORK/video_legs.json: the steps it trained, its wall time and
-    the flags it added to the preset's. A run interrupted and resumed within a leg is two records of
-    the same leg, which :func:`legs_text` merges."""
+def record_leg(
+    work: Path, from_step: int, to_step: int, seconds: float, flags: list[str] = (), fine_tune: bool = False
+) -> None:
+    """Add one run of the video stage to WORK/video_legs.json: the steps it trained, its wall time,
+    the flags it added to the preset's and whether it is a fine-tune leg. A run interrupted and resumed
+    within a leg is two records of the same leg, which :func:`legs_text` merges."""
     path = work / "video_legs.json"
     legs = json.loads(path.read_text()) if path.is_file() else []
-    legs.append({"from_step": from_step, "to_step": to_step, "seconds": round(seconds, 1), "flags": list(flags)})
+    record = {"from_step": from_step, "to_step": to_step, "seconds": round(seconds, 1), "flags": list(flags)}
+    if fine_tune:
+        record["fine_tune"] = True
+    legs.append(record)
     atomic_write_text(path, json.dumps(legs, indent=1))
 
 
@@ -256,11 +290,14 @@ def legs_text(work: Path) -> str:
         return ""
     steps = ", ".join(
         f"{leg['from_step']}->{leg['to_step']} ({leg['seconds'] / 60:.0f} min"
-        + (f", `{' '.join(leg['flags'])}`" if leg.get("flags") else "") + ")"
+        + (f", `{' '.join(leg['flags'])}`" if leg.get("flags") else "")
+        + (", fine-tuned from the pipeline the legs before it saved" if leg.get("fine_tune") else "") + ")"
         for leg in sorted(legs.values(), key=lambda leg: leg["to_step"])
     )
+    fine_tunes = " (or, for a fine-tune leg, started anew from their pipeline: EMA weights, a new optimizer, schedule and EMA)"
     return (f"; trained in {len(legs)} legs, {steps}, each resumed from the last one's final checkpoint with a new "
-            "`--max_train_steps` (the cosine schedule then follows the new total from the step it resumes at)")
+            "`--max_train_steps` (the cosine schedule then follows the new total from the step it resumes at)"
+            + (fine_tunes if any(leg.get("fine_tune") for leg in legs.values()) else ""))
 
 
 def guidance_score(row: dict) -> float:
@@ -281,7 +318,8 @@ def stage_guidance(args, preset, work: Path) -> bool:
     rows = {}
     for scale in preset["guidance_scales"]:
         folder = work / "guidance" / f"{scale:g}"
-        run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder), "--model", str(work / "video"),
+        run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder),
+                   "--model", str(final_video_dir(preset, work)),
                    "--num-frames", str(preset["num_frames"]), "--guidance-scale", str(scale), "--overwrite",
                    *preset.get("inference", [])))  # fmt: skip
         rows[f"{scale:g}"] = evaluate_folder(folder)
@@ -297,7 +335,8 @@ def stage_export(args, preset, work: Path) -> None:
 
     from sg2vid_diffusers import SceneGraphToVideoPipeline
 
-    pipe = SceneGraphToVideoPipeline.from_pretrained(work / "video")
+    trained = final_video_dir(preset, work)
+    pipe = SceneGraphToVideoPipeline.from_pretrained(trained)
     if (work / "guidance.json").is_file():
         pipe.register_to_config(default_guidance_scale=json.loads((work / "guidance.json").read_text())["chosen"])
     pipe.to(torch.float16)
@@ -305,9 +344,9 @@ def stage_export(args, preset, work: Path) -> None:
     with tempfile.TemporaryDirectory(dir=args.export_dir.parent) as tmp:
         folder = Path(tmp) / "pipeline"
         pipe.save_pretrained(folder)
-        card = work / "video" / "README.md"
+        card = trained / "README.md"
         if card.is_file():
-            text = exported_card(card.read_text(), work / "video", args.export_dir)
+            text = exported_card(card.read_text(), trained, args.export_dir)
             (folder / "README.md").write_text(text.rstrip() + "\n\n" + recipe_section(args, preset, work))
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         if size > MAX_EXPORT_BYTES:
