@@ -24,7 +24,7 @@ from torch import nn
 
 from .batching import SceneGraphBatch
 from .conditioning import encode_graph_context
-from .models.sg_encoder import SceneGraphEncoder
+from .models.sg_encoder import SceneGraphEncoder, layout_readout
 from .models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel, is_graph_weight
 
 __all__ = [
@@ -124,15 +124,6 @@ class GraphConditionedDenoiser(nn.Module):
         return (sample, object_vectors) if return_object_vectors else sample
 
 
-def layout_readout(width: int) -> torch.Tensor:
-    """(width, 4) the fixed readout of :func:`layout_loss`: orthonormal columns drawn from seed 0, the
-    same on every machine and for every run (no weights to train or save)."""
-    if width < 4:
-        raise ValueError(f"the layout readout needs object vectors of width >= 4, got {width}")
-    draw = torch.randn(width, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return torch.linalg.qr(draw).Q.float()
-
-
 def layout_loss(object_vectors: torch.Tensor, object_boxes: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
     """Layout supervision of the graph encoder (ours; SGDiff has none): a fixed projection of each
     object's vector to 4 numbers (:func:`layout_readout`) is regressed onto its box ``[x0, y0, x1, y1]``,
@@ -205,7 +196,11 @@ def _window_context(
     states = rearrange(context.hidden_states, "(b f) l c -> b f l c", f=num_clip_frames)
     mask = rearrange(context.mask, "(b f) l -> b f l", f=num_clip_frames)
     states, mask = _take_frames(states, frame_starts, window, dim=1), _take_frames(mask, frame_starts, window, dim=1)
-    return GraphContext(rearrange(states, "b w l c -> (b w) l c"), rearrange(mask, "b w l -> (b w) l"))
+    boxes = None
+    if context.boxes is not None:
+        boxes = rearrange(context.boxes, "(b f) l c -> b f l c", f=num_clip_frames)
+        boxes = rearrange(_take_frames(boxes, frame_starts, window, dim=1), "b w l c -> (b w) l c")
+    return GraphContext(rearrange(states, "b w l c -> (b w) l c"), rearrange(mask, "b w l -> (b w) l"), boxes)
 
 
 def set_trainable_parameters(

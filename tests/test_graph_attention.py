@@ -16,7 +16,9 @@ from sg2vid_diffusers.models import (
     install_graph_processors,
 )
 from sg2vid_diffusers.models.graph_attention import (
+    graph_layout_weights,
     graph_position_features,
+    graph_query_coordinates,
     graph_position_table,
     is_graph_attention_layer,
     is_xformers_available,
@@ -246,7 +248,10 @@ POS_DIM = 8
 
 
 def test_position_features_say_where_each_query_is():
-    features = graph_position_features(2, 3, POS_DIM)  # row-major: (y0 x0, y0 x1, y0 x2, y1 x0, ...)
+    coordinates = graph_query_coordinates(2, 3)  # row-major: (y0 x0, y0 x1, y0 x2, y1 x0, ...)
+    torch.testing.assert_close(coordinates[:3, 0], torch.tensor([-2 / 3, 0.0, 2 / 3]))
+    torch.testing.assert_close(coordinates[::3, 1], torch.tensor([-0.5, 0.5]))
+    features = graph_position_features(coordinates, POS_DIM)
     assert features.shape == (6, POS_DIM)
     grid = features.view(2, 3, POS_DIM)
     # the lowest frequency's sine is monotonic across the grid: x grows to the right, y downwards
@@ -256,15 +261,15 @@ def test_position_features_say_where_each_query_is():
     torch.testing.assert_close(grid[0, 0, 0], -grid[0, 2, 0])  # centred: cells at -2/3 and +2/3
     for bad in (0, 6, -4):
         with pytest.raises(ValueError, match="multiple of 4"):
-            graph_position_features(2, 3, bad)
+            graph_position_features(coordinates, bad)
 
 
 def test_position_table_has_every_level_of_the_unet():
     # diffusers' stride-2 downsampling gives ceil(size / 2) at each level
-    assert sorted(graph_position_table(8, 6, 3, POS_DIM)) == [2 * 2, 4 * 3, 8 * 6]
-    table = graph_position_table(5, 5, 3, POS_DIM)
+    assert sorted(graph_position_table(8, 6, 3)) == [2 * 2, 4 * 3, 8 * 6]
+    table = graph_position_table(5, 5, 3)
     assert sorted(table) == [2 * 2, 3 * 3, 5 * 5]
-    torch.testing.assert_close(table[9], graph_position_features(3, 3, POS_DIM))
+    torch.testing.assert_close(table[9], graph_query_coordinates(3, 3))
 
 
 def positional(processor, seed=3):
@@ -274,7 +279,7 @@ def positional(processor, seed=3):
     return processor
 
 
-POSITIONS = {M: graph_position_features(1, M, POS_DIM)}
+POSITIONS = {M: graph_query_coordinates(1, M)}
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
@@ -320,13 +325,62 @@ def test_position_projection_learns_from_zero(attn, inputs, which):
     assert processor.to_q_pos.weight.grad.abs().sum() > 0
 
 
+def test_layout_weights_say_how_much_a_query_lies_inside_each_box():
+    coordinates = torch.tensor([[-0.5, 0.0], [0.5, 0.0], [0.0, 0.9]])  # left, right, bottom
+    boxes = torch.tensor([[[-0.8, -0.3, -0.2, 0.3], [0.2, -0.3, 0.8, 0.3], [float("nan")] * 4]])  # left, right, none
+    weights = graph_layout_weights(coordinates, boxes)
+    assert weights.shape == (1, 3, 3)
+    assert weights[0, 0, 0] > 0.9 and weights[0, 1, 1] > 0.9  # inside
+    assert weights[0, 0, 1] < 0.01 and weights[0, 1, 0] < 0.01 and weights[0, 2, :2].max() < 0.05  # outside
+    assert torch.equal(weights[0, :, 2], torch.zeros(3))  # no box, no weight
+    # a degenerate (or inverted) box counts as a small one around its centre
+    tiny = graph_layout_weights(coordinates[:1], torch.tensor([[[-0.5, 0.0, -0.5, 0.0], [-0.4, 0.1, -0.6, -0.1]]]))
+    assert (tiny > 0.5).all()
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["graph_only", "decoupled"])
+def test_the_layout_bias_changes_nothing_until_trained_then_sends_queries_to_the_token_whose_box_holds_them(
+    attn, inputs, which
+):
+    _, text, graph, _ = inputs
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(1, 2, QUERY_DIM, generator=gen)  # two queries: left and right
+    text, graph = text[:1], graph[:1, :2]  # two tokens
+    positions = {2: graph_query_coordinates(1, 2)}
+    boxes = torch.tensor([[[-1.0, -1.0, 0.0, 1.0], [0.0, -1.0, 1.0, 1.0]]])  # token 0 left half, token 1 right half
+    base = graph_processors(attn)[which]
+    cls = (GraphAttnProcessor, DecoupledGraphAttnProcessor)[which]
+    processor = cls.for_layer(attn, layout_bias=True)
+    if which == 1:  # the same (trained) decoupled projections as the processor without the bias
+        processor.load_state_dict({**base.state_dict(), "layout_scale": processor.layout_scale})
+    assert processor.layout_scale.shape == (attn.heads,) and not processor.layout_scale.any()
+    args = dict(graph_hidden_states=graph, graph_positions=positions)
+    before = base(attn, hidden, text, **args)
+    # (an additive mask of zeros instead of none: the same up to float rounding)
+    torch.testing.assert_close(processor(attn, hidden, text, **args, graph_boxes=boxes), before, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        processor.layout_scale.fill_(5.0)  # x LAYOUT_SCALE_GAIN: far stronger than any content score
+    out = processor(attn, hidden, text, **args, graph_boxes=boxes)
+    only = [base(attn, hidden, text, **args, graph_mask=torch.tensor([[True, False], [False, True]][k])[None])
+            for k in (0, 1)]  # fmt: skip
+    torch.testing.assert_close(out[:, 0], only[0][:, 0], rtol=1e-4, atol=1e-4)  # the left query reads token 0
+    torch.testing.assert_close(out[:, 1], only[1][:, 1], rtol=1e-4, atol=1e-4)  # the right one token 1
+    # a masked token stays unread even where its box holds the query
+    masked = processor(attn, hidden, text, **args, graph_boxes=boxes, graph_mask=torch.tensor([[False, True]]))
+    torch.testing.assert_close(masked, only[1], rtol=1e-5, atol=1e-5)
+    # the scale learns from zero
+    processor.layout_scale.data.zero_()
+    processor(attn, hidden, text, **args, graph_boxes=boxes).square().sum().backward()
+    assert processor.layout_scale.grad.abs().sum() > 0
+
+
 def test_positions_missing_or_of_another_size_are_clear_errors(attn, inputs):
     hidden, text, graph, mask = inputs
     processor = GraphAttnProcessor.for_layer(attn, position_dim=POS_DIM)
     with pytest.raises(ValueError, match="needs `graph_positions`"):
         processor(attn, hidden, text, graph_hidden_states=graph)
-    with pytest.raises(ValueError, match=r"no features for 5 query positions \(it has sizes \[4, 16\]\)"):
-        processor(attn, hidden, text, graph_hidden_states=graph, graph_positions=graph_position_table(4, 4, 2, 8))
+    with pytest.raises(ValueError, match=r"no coordinates for 5 query positions \(it has sizes \[4, 16\]\)"):
+        processor(attn, hidden, text, graph_hidden_states=graph, graph_positions=graph_position_table(4, 4, 2))
     with pytest.raises(ValueError, match="needs hidden_size"):
         GraphAttnProcessor(position_dim=POS_DIM)
     with pytest.raises(ValueError, match="multiple of 4"):

@@ -170,6 +170,18 @@ def test_graph_positions_are_added_to_a_trained_pipeline_and_train_with_the_grap
     assert not (tmp_path / "bad").exists()
 
 
+def test_the_layout_bias_is_added_to_a_trained_pipeline_and_trains_with_the_layout_loss(work, tmp_path):
+    out = tmp_path / "layout_bias"
+    train("--pretrained_model_name_or_path", work / "pipe", "--graph_layout_bias", "--train_sg_encoder",
+          "--layout_loss_weight", 1, *common(work, out, "--max_train_steps", 2))  # fmt: skip
+    unet, original_unet = weights(out, "unet"), weights(work / "pipe", "unet")
+    new = sorted(set(unet) - set(original_unet))
+    assert new and all(key.endswith(".processor.layout_scale") for key in new)
+    assert all(unet[key].abs().sum() > 0 for key in new)  # trained from zero
+    assert json.loads((out / "unet" / "config.json").read_text())["graph_layout_bias"] is True
+    generate(out)
+
+
 def test_validation_videos_are_written_and_logged(graph_run):
     from sg2vid_diffusers.video_io import read_video
 

@@ -433,6 +433,55 @@ def test_a_model_without_positions_gains_them_unchanged_and_keeps_them_through_s
         torch.testing.assert_close(reloaded(sample, 10, text, graph_context=context).sample, before, rtol=0, atol=0)
 
 
+def test_the_layout_bias_reads_each_tokens_subject_box_and_starts_as_the_model_without_it(tmp_path):
+    from sg2vid_diffusers.models.sg_encoder import layout_readout
+    from sg2vid_diffusers.training_utils import _window_context
+
+    sgdiff_widths = dict(graph_token_dim=3 * DG, graph_global_dim=DG)  # the encoder's: [subject, predicate, object]
+    torch.manual_seed(0)
+    unet = SceneGraphUNet3DConditionModel(**BASE, **sgdiff_widths).eval()
+    torch.manual_seed(0)
+    with_bias = SceneGraphUNet3DConditionModel(**BASE, **sgdiff_widths, graph_layout_bias=True).eval()
+    missing, _ = with_bias.load_state_dict(unet.state_dict(), strict=False)
+    assert sorted(missing) == sorted(f"{name}.layout_scale" for name in unet.attn_processors
+                                     if isinstance(unet.attn_processors[name], GraphAttnProcessor))  # fmt: skip
+    _, mask, global_embeds = encoder_outputs(per_frame=True)
+    tokens = torch.randn(B, F, N, 3 * DG, generator=torch.Generator().manual_seed(6)) * mask[..., None]
+    context = with_bias.build_graph_context(tokens, mask, global_embeds, num_frames=F)
+    assert context.boxes.shape == (B * F, N + 1, 4)
+    expected = (tokens[..., :DG] @ layout_readout(DG)).reshape(B * F, N, 4)  # the subject third of each token
+    torch.testing.assert_close(context.boxes[:, :N], expected)
+    assert context.boxes[:, N].isnan().all()  # the global token has no box
+    assert unet.build_graph_context(tokens, mask, global_embeds, num_frames=F).boxes is None
+    # CFG's batch: the null graph's tokens have no boxes
+    both = GraphContext.cat([with_bias.null_graph_context(B, F), context])
+    assert both.boxes.shape == (2 * B * F, N + 1, 4) and both.boxes[: B * F].isnan().all()
+    # frame windows keep their frames' boxes
+    windows = _window_context(context, torch.tensor([1, 0]), F, 2)
+    torch.testing.assert_close(windows.boxes.view(B, 2, N + 1, 4)[0], context.boxes.view(B, F, N + 1, 4)[0, 1:3], equal_nan=True)
+
+    sample, text = inputs()
+    with torch.no_grad():
+        before = unet(sample, 10, text, graph_context=context).sample
+        torch.testing.assert_close(with_bias(sample, 10, text, graph_context=context).sample, before, rtol=0, atol=1e-6)
+        for name, param in with_bias.named_parameters():
+            if name.endswith("layout_scale"):
+                param.fill_(0.5)
+        after = with_bias(sample, 10, text, graph_context=context).sample
+        assert (after - before).abs().max() > 1e-3
+    with_bias.save_pretrained(tmp_path)
+    loaded = SceneGraphUNet3DConditionModel.from_pretrained(tmp_path)
+    assert loaded.config.graph_layout_bias
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(sample, 10, text, graph_context=context).sample, after, rtol=0, atol=0)
+    unet.enable_graph_layout_bias()
+    assert unet.config.graph_layout_bias and len([k for k in unet.state_dict() if k.endswith("layout_scale")]) == 4
+    with pytest.raises(ValueError, match="graph_token_dim must be 3 x graph_global_dim"):
+        SceneGraphUNet3DConditionModel(**BASE, **GRAPH, graph_layout_bias=True)
+    with pytest.raises(ValueError, match="graph_token_dim must be 3 x graph_global_dim"):
+        graph_unet("graph_only").enable_graph_layout_bias()
+
+
 def test_bad_graph_position_dims_are_clear_errors():
     for bad in (-4, 6, 2.0):
         with pytest.raises(ValueError, match="graph_position_dim must be 0 or a positive multiple of 4"):

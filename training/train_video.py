@@ -145,6 +145,13 @@ def parse_args(argv=None):
         "SGDiff's): new projections start at zero, so a trained model keeps its output until they train. "
         "Default: the model's own (0 for a new one unless --unet_config sets it).",
     )
+    model.add_argument(
+        "--graph_layout_bias",
+        action="store_true",
+        help="Give the graph attention the layout bias (ours): queries inside the box that the encoder infers "
+        "for a token's subject attend to it more, by a learned per-head scale that starts at zero. Only an "
+        "encoder trained with the layout loss infers boxes (--layout_loss_weight, here or before).",
+    )
     model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the trained weights and save it.")
     model.add_argument("--ema_decay", type=float, default=0.9999)
     model.add_argument("--gradient_checkpointing", action="store_true")
@@ -274,6 +281,8 @@ def load_models(args):
     unet, sg_encoder, vae = pipeline.unet, pipeline.sg_encoder, pipeline.vae
     if args.graph_position_dim is not None and args.graph_position_dim != unet.config.graph_position_dim:
         unet.enable_graph_positions(args.graph_position_dim)
+    if args.graph_layout_bias and not unet.config.graph_layout_bias:
+        unet.enable_graph_layout_bias()
     if sg_encoder.vocab is None:
         raise ValueError("the scene-graph encoder has no vocabulary (vocab.json beside its weights)")
     width = sg_encoder.config.output_dim

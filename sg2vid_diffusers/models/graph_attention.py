@@ -41,8 +41,10 @@ from torch import nn
 
 __all__ = [
     "DecoupledGraphAttnProcessor",
+    "graph_layout_weights",
     "graph_position_features",
     "graph_position_table",
+    "graph_query_coordinates",
     "GRAPH_MODES",
     "GraphAttnProcessor",
     "PlainAttnProcessor",
@@ -115,90 +117,164 @@ def _match_graph_batch(
     return graph_hidden_states, graph_mask
 
 
-def graph_position_features(
-    height: int, width: int, dim: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    r"""Fixed Fourier features of the positions of an ``height`` x ``width`` grid, row-major as the
-    queries of a spatial attention layer are.
-
-    Each cell's centre has coordinates x, y in (-1, 1) (x to the right, y downwards); its features are
-    ``sin(f x), cos(f x), sin(f y), cos(f y)`` for ``f = pi / 2 * 2**k``, k = 0 .. dim / 4 - 1 (the
-    first pair is monotonic in x across the grid, the last ones resolve neighbouring cells).
-
-    Returns:
-        (height * width, dim).
-    """
-    if dim <= 0 or dim % 4:
-        raise ValueError(f"position features need a positive multiple of 4 dimensions, got {dim}")
+def graph_query_coordinates(height: int, width: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """(height * width, 2) the centres (x, y) in (-1, 1) of an ``height`` x ``width`` grid's cells, x to
+    the right and y downwards, row-major as the queries of a spatial attention layer are."""
     if height <= 0 or width <= 0:
-        raise ValueError(f"position features need a positive grid size, got {height} x {width}")
+        raise ValueError(f"query coordinates need a positive grid size, got {height} x {width}")
     y = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height * 2 - 1
     x = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width * 2 - 1
     y, x = torch.meshgrid(y, x, indexing="ij")
-    freqs = torch.pi / 2 * 2.0 ** torch.arange(dim // 4, dtype=torch.float32, device=device)  # (K,)
-    x, y = x.reshape(-1, 1) * freqs, y.reshape(-1, 1) * freqs  # (H*W, K)
-    features = torch.stack([x.sin(), x.cos(), y.sin(), y.cos()], dim=-1).flatten(1)  # (H*W, 4K)
-    return features.to(dtype) if dtype is not None else features
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=-1)
+
+
+def graph_position_features(coordinates: torch.Tensor, dim: int) -> torch.Tensor:
+    r"""Fixed Fourier features of query positions: ``sin(f x), cos(f x), sin(f y), cos(f y)`` for
+    ``f = pi / 2 * 2**k``, k = 0 .. dim / 4 - 1 (the first pair is monotonic in x across the grid, the
+    last ones resolve neighbouring cells).
+
+    Args:
+        coordinates: (M, 2) x, y in (-1, 1) (:func:`graph_query_coordinates`).
+        dim: a positive multiple of 4.
+
+    Returns:
+        (M, dim), float32.
+    """
+    if dim <= 0 or dim % 4:
+        raise ValueError(f"position features need a positive multiple of 4 dimensions, got {dim}")
+    coordinates = coordinates.float()
+    freqs = torch.pi / 2 * 2.0 ** torch.arange(dim // 4, dtype=torch.float32, device=coordinates.device)  # (K,)
+    x, y = coordinates[:, :1] * freqs, coordinates[:, 1:] * freqs  # (M, K)
+    return torch.stack([x.sin(), x.cos(), y.sin(), y.cos()], dim=-1).flatten(1)  # (M, 4K)
 
 
 def graph_position_table(
-    height: int, width: int, num_levels: int, dim: int, *, device=None, dtype=None
+    height: int, width: int, num_levels: int, *, device: torch.device | str | None = None
 ) -> dict[int, torch.Tensor]:
-    """:func:`graph_position_features` of every resolution of a UNet whose ``num_levels`` levels each
+    """:func:`graph_query_coordinates` of every resolution of a UNet whose ``num_levels`` levels each
     halve the size (diffusers' stride-2 downsampling: ``ceil(size / 2)``), keyed by the number of
     positions, which is how a processor, seeing only (N, H*W, C) queries, finds its own.
 
     Returns:
-        {H*W: (H*W, dim)} for the latent's ``height`` x ``width`` and every smaller level.
+        {H*W: (H*W, 2)} for the latent's ``height`` x ``width`` and every smaller level.
     """
     table = {}
     for _ in range(num_levels):
-        table.setdefault(height * width, graph_position_features(height, width, dim, device=device, dtype=dtype))
+        table.setdefault(height * width, graph_query_coordinates(height, width, device=device))
         height, width = (height + 1) // 2, (width + 1) // 2
     return table
 
 
-class _QueryPosition(nn.Module):
-    """The optional position projection of a graph processor: ``to_q_pos`` (position_dim -> inner,
-    no bias), zero at the start; absent when ``position_dim`` is 0."""
+LAYOUT_MIN_HALF_SIZE = 0.1  # of the latent's half-width: 3.2 px of a 64 px frame
+LAYOUT_EDGE = 0.1  # the softness of a box's edge, same units
+# ``layout_scale`` is stored divided by this: Adam moves a weight by about the learning rate per step,
+# and a bias worth having is several units, so unscaled it would take ~10,000 steps to matter.
+LAYOUT_SCALE_GAIN = 20.0
 
-    def __init__(self, hidden_size: int | None = None, position_dim: int = 0):
+
+def graph_layout_weights(coordinates: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    r"""How much each query lies inside each token's box: a soft indicator in [0, 1].
+
+    ``sigmoid((h_x - |x - c_x|) / e) * sigmoid((h_y - |y - c_y|) / e)`` with the box's centre c and
+    half-size h (at least ``LAYOUT_MIN_HALF_SIZE``), e = ``LAYOUT_EDGE``; 0 for a token without a
+    box (NaN).
+
+    Args:
+        coordinates: (M, 2) query positions x, y in (-1, 1).
+        boxes: (N, L, 4) ``[x0, y0, x1, y1]`` in the same coordinates, NaN rows for tokens without one.
+
+    Returns:
+        (N, M, L).
+    """
+    boxes = boxes.float()
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2  # (N, L, 2)
+    half = ((boxes[..., 2:] - boxes[..., :2]).abs() / 2).clamp(min=LAYOUT_MIN_HALF_SIZE)  # (N, L, 2)
+    distance = (coordinates.float()[None, :, None, :] - centre[:, None]).abs()  # (N, M, L, 2)
+    inside = torch.sigmoid((half[:, None] - distance) / LAYOUT_EDGE).prod(dim=-1)  # (N, M, L)
+    return torch.nan_to_num(inside, nan=0.0)
+
+
+class _GraphQueryExtras(nn.Module):
+    """What a graph processor may add to its attention (ours, both off by default):
+
+    - ``to_q_pos`` (position_dim -> inner, no bias): position features added to the query;
+    - ``layout_scale`` (heads,): per head, ``LAYOUT_SCALE_GAIN`` x this x :func:`graph_layout_weights`
+      added to the attention scores, so that queries inside a token's box attend to it more.
+
+    Both start at zero, so a processor gains them without changing its output."""
+
+    def __init__(self, hidden_size: int | None = None, position_dim: int = 0, layout_heads: int = 0):
         super().__init__()
-        if position_dim < 0 or position_dim % 4:
-            raise ValueError(f"position_dim must be 0 or a positive multiple of 4, got {position_dim}")
+        if not isinstance(position_dim, int) or position_dim < 0 or position_dim % 4:
+            raise ValueError(f"position_dim must be 0 or a positive multiple of 4, got {position_dim!r}")
         if position_dim and hidden_size is None:
             raise ValueError("a graph processor with position_dim > 0 needs hidden_size (the layer's inner dimension)")
+        if layout_heads < 0:
+            raise ValueError(f"layout_heads must be >= 0, got {layout_heads}")
         self.position_dim = position_dim
         self.to_q_pos = nn.Linear(position_dim, hidden_size, bias=False) if position_dim else None
-        if self.to_q_pos is not None:
-            with torch.no_grad():
-                self.to_q_pos.weight.zero_()  # a no-op on the meta device (diffusers' empty-weight loading)
+        self.layout_scale = nn.Parameter(torch.zeros(layout_heads)) if layout_heads else None
+        self._zero_extras()  # a no-op on the meta device (diffusers' empty-weight loading)
 
     @torch.no_grad()
-    def reset_position(self, device: torch.device | str | None = None) -> None:
-        """``to_q_pos`` = 0 (materialised on ``device`` when it is on the meta device)."""
-        if self.to_q_pos is None:
-            return
-        if self.to_q_pos.weight.is_meta:
-            self.to_q_pos.to_empty(device=device or "cpu")
-        self.to_q_pos.weight.zero_()
+    def _zero_extras(self) -> None:
+        if self.to_q_pos is not None and not self.to_q_pos.weight.is_meta:
+            self.to_q_pos.weight.zero_()
+
+    @torch.no_grad()
+    def reset_extras(self, device: torch.device | str | None = None) -> None:
+        """``to_q_pos`` and ``layout_scale`` = 0 (materialised on ``device`` when on the meta device)."""
+        if self.to_q_pos is not None:
+            if self.to_q_pos.weight.is_meta:
+                self.to_q_pos.to_empty(device=device or "cpu")
+            self.to_q_pos.weight.zero_()
+        if self.layout_scale is not None:
+            if self.layout_scale.is_meta:
+                self.layout_scale = nn.Parameter(torch.zeros(self.layout_scale.shape, device=device or "cpu"))
+            self.layout_scale.zero_()
+
+    @staticmethod
+    def _coordinates(query: torch.Tensor, graph_positions: dict[int, torch.Tensor] | None, what: str) -> torch.Tensor:
+        if graph_positions is None:
+            raise ValueError(
+                f"this graph processor has {what} and needs `graph_positions` (the UNet sends them; see "
+                "graph_position_table)"
+            )
+        coordinates = graph_positions.get(query.shape[1])
+        if coordinates is None:
+            raise ValueError(
+                f"graph_positions has no coordinates for {query.shape[1]} query positions (it has sizes "
+                f"{sorted(graph_positions)})"
+            )
+        return coordinates.to(query.device)
 
     def _with_position(self, query: torch.Tensor, graph_positions: dict[int, torch.Tensor] | None) -> torch.Tensor:
         """(N, M, inner) query + ``to_q_pos`` of the M positions' features (the query unchanged when off)."""
         if self.to_q_pos is None:
             return query
-        if graph_positions is None:
-            raise ValueError(
-                "this graph processor has position_dim > 0 and needs `graph_positions` (the UNet sends them; "
-                "see graph_position_table)"
-            )
-        features = graph_positions.get(query.shape[1])
-        if features is None:
-            raise ValueError(
-                f"graph_positions has no features for {query.shape[1]} query positions (it has sizes "
-                f"{sorted(graph_positions)})"
-            )
-        return query + self.to_q_pos(features.to(device=query.device, dtype=query.dtype))[None]
+        coordinates = self._coordinates(query, graph_positions, "position_dim > 0")
+        features = graph_position_features(coordinates, self.position_dim)
+        return query + self.to_q_pos(features.to(query.dtype))[None]
+
+    def _graph_mask(
+        self,
+        query: torch.Tensor,
+        graph_mask: torch.Tensor | None,
+        graph_boxes: torch.Tensor | None,
+        graph_positions: dict[int, torch.Tensor] | None,
+        heads: int,
+    ) -> torch.Tensor | None:
+        """The graph attention's SDPA mask: the bool token mask (N, 1, 1, L), or with the layout bias
+        an additive float mask (N, heads, M, L) (-inf on masked tokens)."""
+        if self.layout_scale is None or graph_boxes is None:
+            return _graph_sdpa_mask(graph_mask)
+        coordinates = self._coordinates(query, graph_positions, "a layout bias")
+        weights = graph_layout_weights(coordinates, graph_boxes)  # (N, M, L)
+        scale = self.layout_scale.float() * LAYOUT_SCALE_GAIN
+        bias = scale[None, :, None, None] * weights[:, None]  # (N, heads, M, L)
+        if graph_mask is not None:
+            bias = bias.masked_fill(~graph_mask[:, None, None, :], float("-inf"))
+        return bias.to(query.dtype)
 
 
 class _AttentionProcessorBase:
@@ -292,6 +368,19 @@ class _AttentionProcessorBase:
         return query, key, attn.to_v(context)
 
 
+def _match_graph_boxes(graph_boxes: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+    """(G, L, 4) token boxes, G = B*F or B -> (B*F, L, 4), as :func:`_match_graph_batch` does for states."""
+    if graph_boxes is None:
+        return None
+    if graph_boxes.ndim != 3 or graph_boxes.shape[-1] != 4:
+        raise ValueError(f"graph_boxes must have shape (batch, tokens, 4), got {tuple(graph_boxes.shape)}")
+    if graph_boxes.shape[0] == batch_size:
+        return graph_boxes
+    if graph_boxes.shape[0] == 0 or batch_size % graph_boxes.shape[0]:
+        raise ValueError(f"graph_boxes has batch {graph_boxes.shape[0]}, which does not fit hidden_states' batch {batch_size}")
+    return graph_boxes.repeat_interleave(batch_size // graph_boxes.shape[0], dim=0)
+
+
 def _graph_sdpa_mask(graph_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(N, L) bool, True = attend -> (N, 1, 1, L): broadcast over heads and queries."""
     return None if graph_mask is None else graph_mask[:, None, None, :]
@@ -303,7 +392,7 @@ def _graph_sdpa_mask(graph_mask: torch.Tensor | None) -> torch.Tensor | None:
 class PlainAttnProcessor(_AttentionProcessorBase):
     r"""Plain scaled-dot-product attention (as diffusers' ``AttnProcessor2_0``) for the layers that do
     not see the graph: self-attention and the temporal layers. It accepts ``graph_hidden_states``,
-    ``graph_mask``, ``graph_scale`` and ``graph_positions`` and ignores them, so that the UNet can send them to every layer
+    ``graph_mask``, ``graph_scale``, ``graph_positions`` and ``graph_boxes`` and ignores them, so that the UNet can send them to every layer
     without a warning per call."""
 
     def __call__(
@@ -317,6 +406,7 @@ class PlainAttnProcessor(_AttentionProcessorBase):
         graph_mask: torch.Tensor | None = None,
         graph_scale: float = 1.0,
         graph_positions: dict[int, torch.Tensor] | None = None,
+        graph_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden_states, saved = self._begin(attn, hidden_states, temb)
         batch_size = hidden_states.shape[0]
@@ -326,7 +416,7 @@ class PlainAttnProcessor(_AttentionProcessorBase):
         return self._end(attn, out, saved)
 
 
-class GraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
+class GraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
     r"""Graph-only cross-attention: the layer attends over the graph context with its own
     ``to_k``/``to_v``; ``encoder_hidden_states`` (text, or the UNet's zero stand-in) is ignored.
 
@@ -339,21 +429,31 @@ class GraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
         position_dim: 0 (SGDiff's attention, no weights) or the width of the position features whose
             projection ``to_q_pos`` (zero at the start) is added to the query; then the processor's
             weights are part of the UNet's state dict (``...attn2.processor.to_q_pos.weight``).
+        layout_heads: 0 (no layout bias) or the layer's number of heads: then ``layout_scale``
+            (heads,), zero at the start, times :func:`graph_layout_weights` of the tokens' boxes is
+            added to the attention scores.
 
     Call arguments beyond diffusers' usual ones:
         graph_hidden_states: (B*F or B, L, C) graph context (``GraphContext.hidden_states``); required.
         graph_mask: (B*F or B, L) bool, True = attend; None attends to every token.
-        graph_positions: {H*W: (H*W, position_dim)} (:func:`graph_position_table`); required with
-            positions, ignored without.
+        graph_positions: {H*W: (H*W, 2)} query coordinates (:func:`graph_position_table`); required
+            with positions or a layout bias, ignored without.
+        graph_boxes: (B*F or B, L, 4) each token's box ``[x0, y0, x1, y1]`` in (-1, 1) (NaN: none), for
+            the layout bias; None: no bias.
     """
 
-    def __init__(self, hidden_size: int | None = None, position_dim: int = 0):
-        _QueryPosition.__init__(self, hidden_size, position_dim)
+    def __init__(self, hidden_size: int | None = None, position_dim: int = 0, layout_heads: int = 0):
+        _GraphQueryExtras.__init__(self, hidden_size, position_dim, layout_heads)
 
     @classmethod
-    def for_layer(cls, attn: Attention, position_dim: int = 0, **kwargs) -> "GraphAttnProcessor":
+    def for_layer(
+        cls, attn: Attention, position_dim: int = 0, layout_bias: bool = False, **kwargs
+    ) -> "GraphAttnProcessor":
         """A processor sized for ``attn``, on its device and dtype."""
-        processor = cls(hidden_size=attn.to_q.out_features, position_dim=position_dim, **kwargs)
+        processor = cls(
+            hidden_size=attn.to_q.out_features, position_dim=position_dim,
+            layout_heads=attn.heads if layout_bias else 0, **kwargs,
+        )  # fmt: skip
         weight = attn.to_q.weight
         if not weight.is_meta:
             processor.to(device=weight.device, dtype=weight.dtype)
@@ -370,6 +470,7 @@ class GraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
         graph_mask: torch.Tensor | None = None,
         graph_scale: float = 1.0,
         graph_positions: dict[int, torch.Tensor] | None = None,
+        graph_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if graph_hidden_states is None:
             raise ValueError(
@@ -378,13 +479,15 @@ class GraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
             )
         hidden_states, saved = self._begin(attn, hidden_states, temb)
         graph_hidden_states, graph_mask = _match_graph_batch(graph_hidden_states, graph_mask, hidden_states.shape[0])
+        graph_boxes = _match_graph_boxes(graph_boxes, hidden_states.shape[0])
         query, key, value = self._query_and_text(attn, hidden_states, graph_hidden_states)
+        mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads)
         query = self._with_position(query, graph_positions)
-        out = self._attend(attn, query, key, value, _graph_sdpa_mask(graph_mask))
+        out = self._attend(attn, query, key, value, mask)
         return self._end(attn, out, saved)
 
 
-class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
+class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
     r"""Decoupled cross-attention (IP-Adapter's scheme) for graph tokens.
 
     ``out = Attention(q, text) + graph_scale * Attention(q, to_k_graph(graph), to_v_graph(graph))``,
@@ -401,18 +504,18 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
     Args:
         hidden_size: the layer's inner dimension (``attn.to_k.out_features``).
         cross_attention_dim: C, width of the graph context (the UNet's ``cross_attention_dim``).
-        position_dim: as :class:`GraphAttnProcessor`'s; the position term is added to the graph
-            branch's query only, so the text branch stays the base model's.
+        position_dim, layout_heads: as :class:`GraphAttnProcessor`'s; the position term and the layout
+            bias act on the graph branch only, so the text branch stays the base model's.
 
     Call arguments beyond diffusers' usual ones:
         graph_hidden_states: (B*F or B, L, C) graph context, or None for text only.
         graph_mask: (B*F or B, L) bool, True = attend; None attends to every token.
         graph_scale: weight of the graph branch (0 gives the text-only model).
-        graph_positions: as :class:`GraphAttnProcessor`'s.
+        graph_positions, graph_boxes: as :class:`GraphAttnProcessor`'s.
     """
 
-    def __init__(self, hidden_size: int, cross_attention_dim: int, position_dim: int = 0):
-        _QueryPosition.__init__(self, hidden_size, position_dim)
+    def __init__(self, hidden_size: int, cross_attention_dim: int, position_dim: int = 0, layout_heads: int = 0):
+        _GraphQueryExtras.__init__(self, hidden_size, position_dim, layout_heads)
         self.hidden_size = hidden_size
         self.cross_attention_dim = cross_attention_dim
         self.to_k_graph = nn.Linear(cross_attention_dim, hidden_size, bias=False)
@@ -424,7 +527,8 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
     def for_layer(cls, attn: Attention, **kwargs) -> "DecoupledGraphAttnProcessor":
         """A processor sized for ``attn``, on its device and dtype, initialised by :meth:`reset_parameters`."""
         weight = attn.to_k.weight
-        processor = cls(attn.to_k.out_features, attn.to_k.in_features, **kwargs)
+        layout_heads = attn.heads if kwargs.pop("layout_bias", False) else 0
+        processor = cls(attn.to_k.out_features, attn.to_k.in_features, layout_heads=layout_heads, **kwargs)
         if not weight.is_meta:
             processor.to(device=weight.device, dtype=weight.dtype)
         processor.reset_parameters(attn)
@@ -432,13 +536,13 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
 
     @torch.no_grad()
     def reset_parameters(self, attn: Attention) -> None:
-        """``to_k_graph`` = a copy of ``attn.to_k``, ``to_v_graph`` = 0, ``to_q_pos`` (if any) = 0
-        (materialising meta tensors)."""
+        """``to_k_graph`` = a copy of ``attn.to_k``, ``to_v_graph`` = 0, ``to_q_pos`` and
+        ``layout_scale`` (if any) = 0 (materialising meta tensors)."""
         if any(param.is_meta for param in self.parameters()):
             self.to_empty(device=attn.to_k.weight.device)
         self.to_k_graph.weight.copy_(attn.to_k.weight)
         self.to_v_graph.weight.zero_()
-        self.reset_position()
+        self.reset_extras()
 
     def __call__(
         self,
@@ -451,6 +555,7 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
         graph_mask: torch.Tensor | None = None,
         graph_scale: float = 1.0,
         graph_positions: dict[int, torch.Tensor] | None = None,
+        graph_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # Defined as __call__ (as IP-Adapter's processors are), not forward: diffusers reads the keyword
         # names off processor.__call__, and nn.Module's generic one would hide them.
@@ -462,10 +567,12 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _QueryPosition):
 
         if graph_hidden_states is not None and graph_scale != 0:
             graph_hidden_states, graph_mask = _match_graph_batch(graph_hidden_states, graph_mask, batch_size)
+            graph_boxes = _match_graph_boxes(graph_boxes, batch_size)
             graph_key = self.to_k_graph(graph_hidden_states)  # (N, L, inner)
             graph_value = self.to_v_graph(graph_hidden_states)  # (N, L, inner)
+            graph_mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads)
             graph_query = self._with_position(query, graph_positions)
-            graph_out = self._attend(attn, graph_query, graph_key, graph_value, _graph_sdpa_mask(graph_mask))
+            graph_out = self._attend(attn, graph_query, graph_key, graph_value, graph_mask)
             out = out + graph_scale * graph_out
         return self._end(attn, out, saved)
 
@@ -519,9 +626,15 @@ class XFormersPlainAttnProcessor(_XFormersAttention, PlainAttnProcessor):
 class XFormersGraphAttnProcessor(_XFormersAttention, GraphAttnProcessor):
     """:class:`GraphAttnProcessor` with xformers' memory-efficient attention (same weights)."""
 
-    def __init__(self, attention_op: Callable | None = None, hidden_size: int | None = None, position_dim: int = 0):
+    def __init__(
+        self,
+        attention_op: Callable | None = None,
+        hidden_size: int | None = None,
+        position_dim: int = 0,
+        layout_heads: int = 0,
+    ):
         _require_xformers()
-        super().__init__(hidden_size, position_dim)
+        super().__init__(hidden_size, position_dim, layout_heads)
         self.attention_op = attention_op
 
 
@@ -529,10 +642,15 @@ class XFormersDecoupledGraphAttnProcessor(_XFormersAttention, DecoupledGraphAttn
     """:class:`DecoupledGraphAttnProcessor` with xformers' memory-efficient attention (same weights)."""
 
     def __init__(
-        self, hidden_size: int, cross_attention_dim: int, attention_op: Callable | None = None, position_dim: int = 0
+        self,
+        hidden_size: int,
+        cross_attention_dim: int,
+        attention_op: Callable | None = None,
+        position_dim: int = 0,
+        layout_heads: int = 0,
     ):
         _require_xformers()
-        super().__init__(hidden_size, cross_attention_dim, position_dim)
+        super().__init__(hidden_size, cross_attention_dim, position_dim, layout_heads)
         self.attention_op = attention_op
 
 
@@ -554,6 +672,7 @@ def install_graph_processors(
     mode: str,
     *,
     position_dim: int = 0,
+    layout_bias: bool = False,
     xformers: bool = False,
     attention_op: Callable | None = None,
 ) -> dict[str, object]:
@@ -565,11 +684,12 @@ def install_graph_processors(
         mode: ``"graph_only"`` (:class:`GraphAttnProcessor`) or ``"decoupled"``
             (:class:`DecoupledGraphAttnProcessor`).
         position_dim: width of the graph queries' position features (0: none, SGDiff's attention).
+        layout_bias: give the graph processors a layout bias (``layout_scale``).
         xformers: use the ``XFormers...`` variants (raises ModuleNotFoundError without xformers).
         attention_op: xformers' attention operator (None lets xformers choose).
 
     Graph processors already installed keep their weights (switching between the SDPA and the
-    xformers variant included; ``to_q_pos`` between modes too); new weights are initialised as a new model's (decoupled ones by
+    xformers variant included; ``to_q_pos`` and ``layout_scale`` between modes too); new weights are initialised as a new model's (decoupled ones by
     :meth:`DecoupledGraphAttnProcessor.reset_parameters`, ``to_q_pos`` at zero).
 
     Returns:
@@ -592,7 +712,7 @@ def install_graph_processors(
         else:
             cls = XFormersDecoupledGraphAttnProcessor if xformers else DecoupledGraphAttnProcessor
         kwargs = {"attention_op": attention_op} if xformers else {}
-        processor = cls.for_layer(attn, position_dim=position_dim, **kwargs)
+        processor = cls.for_layer(attn, position_dim=position_dim, layout_bias=layout_bias, **kwargs)
         _keep_weights(processor, attn.processor)
         processors[name] = processor
     unet.set_attn_processor(dict(processors))

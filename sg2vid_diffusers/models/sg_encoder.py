@@ -14,6 +14,8 @@ rename-free load (``sg2vid_diffusers.conversion_sgdiff``). See ``SGDIFF_REFERENC
 
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 from dataclasses import dataclass
@@ -29,7 +31,24 @@ from torch import nn
 from ..batching import SceneGraphBatch, active_triples, collate_scene_graphs
 from ..vocabulary import VOCAB_NAME, Vocabulary
 
-__all__ = ["GraphTripleConv", "GraphTripleConvNet", "SceneGraphEncoder", "SceneGraphEncoderOutput"]
+__all__ = ["GraphTripleConv", "GraphTripleConvNet", "SceneGraphEncoder", "SceneGraphEncoderOutput", "layout_readout"]
+
+
+@functools.lru_cache(maxsize=8)
+def _layout_readout(width: int) -> torch.Tensor:
+    draw = torch.randn(width, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return torch.linalg.qr(draw).Q.float()
+
+
+def layout_readout(width: int) -> torch.Tensor:
+    """(width, 4) the fixed readout of the layout loss (``training_utils.layout_loss``): orthonormal
+    columns drawn from seed 0, the same on every machine and for every run (no weights to train or
+    save). ``object vector @ layout_readout(D)`` is the box ``[x0, y0, x1, y1]`` (in [-1, 1], y
+    downwards) an encoder trained with that loss infers for the object; the UNet's layout bias
+    (``graph_layout_bias``) reads it from the subject third of each local token."""
+    if width < 4:
+        raise ValueError(f"the layout readout needs object vectors of width >= 4, got {width}")
+    return _layout_readout(width).clone()
 
 
 def _mlp(dims: list[int]) -> nn.Sequential:

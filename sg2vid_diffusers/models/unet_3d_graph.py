@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device
 from einops import rearrange
 from torch import nn
 
+from .sg_encoder import layout_readout
 from .graph_attention import (
     GRAPH_MODES,
     DecoupledGraphAttnProcessor,
@@ -47,10 +48,14 @@ class GraphContext:
             L = N local tokens + 1 global token, C = the UNet's ``cross_attention_dim``.
             A context of batch B (one per video) is accepted too and repeated per frame.
         mask: (B*F, L) bool, True = attend.
+        boxes: None, or (B*F, L, 4) the box ``[x0, y0, x1, y1]`` in (-1, 1) that each token's subject
+            has in the encoder's inferred layout (NaN for tokens without one, e.g. the global token):
+            what the layout bias (``graph_layout_bias``) reads.
     """
 
     hidden_states: torch.Tensor
     mask: torch.Tensor
+    boxes: torch.Tensor | None = None
 
     @classmethod
     def cat(cls, contexts: Sequence["GraphContext"]) -> "GraphContext":
@@ -60,16 +65,23 @@ class GraphContext:
         if not contexts:
             raise ValueError("GraphContext.cat needs at least one context")
         length = max(context.hidden_states.shape[1] for context in contexts)
-        states, masks = [], []
+        with_boxes = any(context.boxes is not None for context in contexts)
+        states, masks, boxes = [], [], []
         for context in contexts:
             pad = length - context.hidden_states.shape[1]
             states.append(nn.functional.pad(context.hidden_states, (0, 0, 0, pad)))
             masks.append(nn.functional.pad(context.mask, (0, pad), value=False))
-        return cls(hidden_states=torch.cat(states), mask=torch.cat(masks))
+            if with_boxes:  # a context without boxes has none for any token (NaN)
+                own = context.boxes
+                if own is None:
+                    own = context.hidden_states.new_full((*context.mask.shape, 4), float("nan"), dtype=torch.float32)
+                boxes.append(nn.functional.pad(own, (0, 0, 0, pad), value=float("nan")))
+        return cls(hidden_states=torch.cat(states), mask=torch.cat(masks), boxes=torch.cat(boxes) if with_boxes else None)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GraphContext":
-        """Move to ``device``; ``dtype`` applies to ``hidden_states`` only (the mask stays bool)."""
-        return GraphContext(self.hidden_states.to(device=device, dtype=dtype), self.mask.to(device=device))
+        """Move to ``device``; ``dtype`` applies to ``hidden_states`` only (the mask stays bool, the boxes float32)."""
+        boxes = None if self.boxes is None else self.boxes.to(device=device)
+        return GraphContext(self.hidden_states.to(device=device, dtype=dtype), self.mask.to(device=device), boxes)
 
 
 def is_graph_weight(key: str) -> bool:
@@ -99,6 +111,12 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
       carry fixed Fourier features of where they are in the latent, through a learned projection
       that starts at zero (``graph_attention.py``). SGDiff's queries know their position only
       through the convolutions' padding; relations are about positions.
+    - Layout bias (``graph_layout_bias``, off by default): for an encoder trained with the layout loss,
+      whose object vectors hold the box it infers for each object (through the fixed
+      :func:`~sg2vid_diffusers.models.sg_encoder.layout_readout`), each local token's subject box
+      is read off the token and the graph attention adds ``layout_scale`` (per head, zero at the
+      start) times "how much the query lies inside that box" to its scores: the denoiser is told
+      where each object goes instead of having to learn to decode it.
 
     Args:
         sample_size ... time_cond_proj_dim: as ``UNet3DConditionModel``.
@@ -108,10 +126,12 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_position_dim: width of the graph queries' position features, a multiple of 4 (0: none).
             A model saved without them loads with them (``from_pretrained(..., graph_position_dim=16)``)
             and gives the same output until trained.
+        graph_layout_bias: give the graph attention the layout bias (the same: zero at the start).
 
     Weight names are those of ``UNet3DConditionModel`` plus ``graph_local_proj``,
     ``graph_global_proj``, ``null_graph_token``, in decoupled mode
-    ``*.attn2.processor.to_k_graph`` / ``to_v_graph``, and with positions ``*.attn2.processor.to_q_pos``. The attention processors are the graph ones of
+    ``*.attn2.processor.to_k_graph`` / ``to_v_graph``, with positions ``*.attn2.processor.to_q_pos``
+    and with the layout bias ``*.attn2.processor.layout_scale``. The attention processors are the graph ones of
     ``graph_attention.py``; :meth:`set_default_attn_processor` and the xformers switches keep them.
     ``set_attention_slice`` and ``fuse_qkv_projections`` would replace them and raise instead.
 
@@ -157,11 +177,17 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_token_dim: int = 1536,
         graph_global_dim: int = 512,
         graph_position_dim: int = 0,
+        graph_layout_bias: bool = False,
     ):
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
         if not isinstance(graph_position_dim, int) or graph_position_dim < 0 or graph_position_dim % 4:
             raise ValueError(f"graph_position_dim must be 0 or a positive multiple of 4, got {graph_position_dim!r}")
+        if graph_layout_bias and graph_token_dim != 3 * graph_global_dim:
+            raise ValueError(
+                "the layout bias reads each token's subject third: graph_token_dim must be 3 x graph_global_dim "
+                f"({3 * graph_global_dim}), got {graph_token_dim}"
+            )
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -186,7 +212,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         self.graph_local_proj = nn.Linear(graph_token_dim, cross_attention_dim)
         self.graph_global_proj = nn.Linear(graph_global_dim, cross_attention_dim)
         self.null_graph_token = nn.Parameter(torch.randn(cross_attention_dim) * cross_attention_dim**-0.5)
-        install_graph_processors(self, graph_mode, position_dim=graph_position_dim)
+        install_graph_processors(self, graph_mode, position_dim=graph_position_dim, layout_bias=graph_layout_bias)
 
     # ------------------------------------------------------------------ graph context
 
@@ -211,8 +237,10 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
 
         Returns:
             :class:`GraphContext` with ``hidden_states`` (B*F, N + 1, C) =
-            ``[graph_local_proj(local tokens), graph_global_proj(global)]`` (masked tokens zeroed) and
-            ``mask`` (B*F, N + 1), the global token always True.
+            ``[graph_local_proj(local tokens), graph_global_proj(global)]`` (masked tokens zeroed),
+            ``mask`` (B*F, N + 1), the global token always True, and with the layout bias ``boxes``
+            (B*F, N + 1, 4): each local token's subject vector (its first third) through
+            ``layout_readout``, NaN for the global token.
         """
         if global_embeds.ndim != 2:
             raise ValueError(f"global_embeds must have shape (B, Dg), got {tuple(global_embeds.shape)}")
@@ -244,6 +272,14 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         local = local * local_mask[..., None]  # masked tokens are zero, so a null context does not depend on them
 
         num_local = local.shape[2]
+        boxes = None
+        if self.config.graph_layout_bias:
+            width = self.config.graph_global_dim  # the config guarantees graph_token_dim = 3 x width
+            readout = layout_readout(width).to(local_tokens.device)
+            boxes = local_tokens[..., :width].float() @ readout  # (B, F or 1, N, 4)
+            boxes = boxes.expand(batch_size, num_frames, num_local, 4)
+            boxes = torch.cat([boxes, boxes.new_full((batch_size, num_frames, 1, 4), float("nan"))], dim=2)
+            boxes = rearrange(boxes, "b f l c -> (b f) l c")
         local = local.expand(batch_size, num_frames, num_local, -1)
         local_mask = local_mask.expand(batch_size, num_frames, num_local)
         global_token = global_token[:, None, None].expand(batch_size, num_frames, 1, -1)
@@ -252,6 +288,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         return GraphContext(
             hidden_states=rearrange(hidden_states, "b f l c -> (b f) l c"),
             mask=rearrange(mask, "b f l -> (b f) l"),
+            boxes=boxes,
         )
 
     def null_graph_context(self, batch_size: int, num_frames: int, num_local_tokens: int = 0) -> GraphContext:
@@ -324,11 +361,12 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 graph_mask=graph_context.mask,
                 graph_scale=graph_scale,
             )
-            if self.config.graph_position_dim:
+            if self.config.graph_position_dim or self.config.graph_layout_bias:
                 cross_attention_kwargs["graph_positions"] = graph_position_table(
-                    height, width, len(self.config.block_out_channels), self.config.graph_position_dim,
-                    device=sample.device, dtype=sample.dtype,
-                )  # fmt: skip
+                    height, width, len(self.config.block_out_channels), device=sample.device
+                )
+            if self.config.graph_layout_bias and graph_context.boxes is not None:
+                cross_attention_kwargs["graph_boxes"] = graph_context.boxes
 
         # 1. time: one embedding per video, repeated per frame (frames are folded into the batch)
         emb = self._time_embedding(timestep, timestep_cond, sample)  # (B, E)
@@ -424,10 +462,14 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 f"graph_context.mask must be a bool tensor of shape {tuple(states.shape[:2])}, "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
+        boxes = graph_context.boxes
+        if boxes is not None and boxes.shape != (*states.shape[:2], 4):
+            raise ValueError(f"graph_context.boxes must have shape {(*states.shape[:2], 4)}, got {tuple(boxes.shape)}")
         if states.shape[0] == batch_size * num_frames:
             return graph_context
         if states.shape[0] == batch_size:
-            return GraphContext(states.repeat_interleave(num_frames, dim=0), mask.repeat_interleave(num_frames, dim=0))
+            repeat = lambda t: None if t is None else t.repeat_interleave(num_frames, dim=0)  # noqa: E731
+            return GraphContext(repeat(states), repeat(mask), repeat(boxes))
         raise ValueError(
             f"graph_context has batch {states.shape[0]}, but sample has B={batch_size} videos of F={num_frames} "
             f"frames: expected B*F={batch_size * num_frames} (per frame) or B={batch_size} (per video)"
@@ -559,7 +601,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             if isinstance(module.processor, DecoupledGraphAttnProcessor):
                 module.processor.reset_parameters(module)
             elif isinstance(module.processor, GraphAttnProcessor):
-                module.processor.reset_position(device)
+                module.processor.reset_extras(device)
 
     def enable_graph_positions(self, position_dim: int) -> None:
         """Give the graph attention's queries position features of width ``position_dim`` (0 removes
@@ -568,15 +610,36 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         For a trained model, e.g. the built-in one, before fine-tuning it with positions."""
         if not isinstance(position_dim, int) or position_dim < 0 or position_dim % 4:
             raise ValueError(f"position_dim must be 0 or a positive multiple of 4, got {position_dim!r}")
-        xformers = any(type(p).__name__.startswith("XFormers") for p in self.attn_processors.values())
         self.register_to_config(graph_position_dim=position_dim)
-        install_graph_processors(self, self.config.graph_mode, position_dim=position_dim, xformers=xformers)
+        self._reinstall_graph_processors()
+
+    def enable_graph_layout_bias(self, enabled: bool = True) -> None:
+        """Switch the layout bias on (new ``layout_scale`` at zero: the output is unchanged until it
+        trains) or off, keeping every other weight; the config's ``graph_layout_bias`` follows. Only an
+        encoder trained with the layout loss gives boxes worth reading."""
+        if enabled and self.config.graph_token_dim != 3 * self.config.graph_global_dim:
+            raise ValueError(
+                "the layout bias reads each token's subject third: graph_token_dim must be 3 x graph_global_dim "
+                f"({3 * self.config.graph_global_dim}), got {self.config.graph_token_dim}"
+            )
+        self.register_to_config(graph_layout_bias=bool(enabled))
+        self._reinstall_graph_processors()
+
+    def _reinstall_graph_processors(self) -> None:
+        xformers = any(type(p).__name__.startswith("XFormers") for p in self.attn_processors.values())
+        install_graph_processors(
+            self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
+            layout_bias=self.config.graph_layout_bias, xformers=xformers,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ attention implementations
 
     def set_default_attn_processor(self) -> None:
         """Back to the default (PyTorch SDPA) processors: the graph ones, weights kept."""
-        install_graph_processors(self, self.config.graph_mode, position_dim=self.config.graph_position_dim)
+        install_graph_processors(
+            self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
+            layout_bias=self.config.graph_layout_bias,
+        )  # fmt: skip
 
     def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
         """Use the xformers variants of the graph processors (weights kept). Raises
@@ -591,8 +654,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         """The switch behind ``enable/disable_xformers_memory_efficient_attention``. ModelMixin's
         version would give every layer diffusers' plain xformers processor, dropping the graph ones."""
         install_graph_processors(
-            self, self.config.graph_mode, position_dim=self.config.graph_position_dim, xformers=valid,
-            attention_op=attention_op,
+            self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
+            layout_bias=self.config.graph_layout_bias, xformers=valid, attention_op=attention_op,
         )  # fmt: skip
 
     def set_attention_slice(self, slice_size) -> None:
