@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sg2vid_diffusers.evaluation.sensitivity import graph_sensitivity
+from sg2vid_diffusers.evaluation.sensitivity import encoder_layout_accuracy, graph_sensitivity
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from tiny_models import tiny_pipeline
 
@@ -54,6 +54,33 @@ def test_encoder_tokens_that_cannot_tell_predicates_apart_show_zero():
     assert blind["encoder"]["object_category"] > 0
 
 
+def test_the_layout_an_encoder_infers_obeys_the_relations_once_the_layout_loss_taught_it():
+    from sg2vid_diffusers.batching import collate_scene_graphs
+    from sg2vid_diffusers.data.sg_shapes import generate_clip
+    from sg2vid_diffusers.pretraining.data import object_box_rows
+    from sg2vid_diffusers.training_utils import layout_loss
+    from tiny_models import tiny_encoder
+
+    clips = [generate_clip("train", i, num_frames=4) for i in range(24)]
+    graphs = [graph for _, graph in clips]
+    encoder = tiny_encoder()
+    before = encoder_layout_accuracy(encoder, graphs)
+    assert before["num_triples"] == sum(
+        r.predicate in ("left of", "right of", "above", "below") and r.time is None for g in graphs for r in g.relationships
+    ) > 20
+    batch = collate_scene_graphs(graphs, encoder.vocab)
+    boxes, maskable = object_box_rows(graphs, [clip.boxes() for clip, _ in clips], batch.objs.shape[0], 4)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        layout_loss(encoder.object_vectors(batch), boxes, maskable).backward()
+        optimizer.step()
+    after = encoder_layout_accuracy(encoder, graphs)
+    assert after["accuracy"] >= 0.9 and after["accuracy"] > before["accuracy"] + 0.2, (before, after)
+    assert encoder_layout_accuracy(encoder, [parse_scene_graphs(GRAPHS, vocab=encoder.vocab)[1]]) == {
+        "num_triples": 0, "accuracy": None}  # fmt: skip
+
+
 def test_bad_timesteps_and_empty_graph_lists_fail_clearly():
     pipe = tiny_pipeline()
     with pytest.raises(ValueError, match="timesteps: 100 is outside"):
@@ -72,7 +99,7 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 graphs (1 with predicates to flip)" in result.stdout and "mean" in result.stdout
-    assert "encoder" in result.stdout
+    assert "encoder" in result.stdout and "the encoder's inferred layout satisfies" in result.stdout
 
     pipe.sg_encoder.save_pretrained(tmp_path / "encoder")  # the encoder alone: its row, the same figures
     command = [sys.executable, str(ROOT / "training" / "graph_sensitivity.py"), "--encoder", str(tmp_path / "encoder"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from sg2vid_diffusers import SceneGraphEncoder, SceneGraphToVideoPipeline
-from sg2vid_diffusers.evaluation.sensitivity import encoder_sensitivity, graph_sensitivity
+from sg2vid_diffusers.evaluation.sensitivity import encoder_layout_accuracy, encoder_sensitivity, graph_sensitivity
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +46,7 @@ def main(argv=None):
         encoder = SceneGraphEncoder.from_pretrained(args.encoder).float()
         graphs = parse_scene_graphs(args.graphs, vocab=encoder.vocab, max_triples=encoder.config.max_local_triples)
         result = encoder_sensitivity(encoder, graphs[: args.limit])
+        result["layout"] = encoder_layout_accuracy(encoder, graphs[: args.limit])
         if args.json:
             print(json.dumps(result, indent=1))
             return
@@ -53,6 +54,7 @@ def main(argv=None):
               f"({result['num_with_predicates']} with predicates to flip)")  # fmt: skip
         predicates = "n/a" if result["predicates"] is None else f"{result['predicates']:.3f}"
         print(f"object {result['object_category']:.3f}  predicates {predicates}")
+        print(layout_text(result["layout"]))
         return
     if args.model is None:
         pipe = SceneGraphToVideoPipeline.from_builtin()
@@ -60,6 +62,7 @@ def main(argv=None):
         pipe = SceneGraphToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
     graphs = parse_scene_graphs(args.graphs, vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
     result = graph_sensitivity(pipe, graphs[: args.limit], args.timesteps, args.num_frames, args.seed)
+    result["encoder"]["layout"] = encoder_layout_accuracy(pipe.sg_encoder.float(), graphs[: args.limit])
     if args.json:
         print(json.dumps(result, indent=1))
         return
@@ -73,6 +76,13 @@ def main(argv=None):
     encoder = result["encoder"]
     predicates = "n/a" if encoder["predicates"] is None else f"{encoder['predicates']:.3f}"
     print(f"{'encoder':>9} {'':>11} {encoder['object_category']:>8.3f} {predicates:>11}  (its local tokens)")
+    print(layout_text(encoder["layout"]))
+
+
+def layout_text(layout: dict) -> str:
+    accuracy = "n/a" if layout["accuracy"] is None else f"{layout['accuracy']:.3f}"
+    return (f"the encoder's inferred layout satisfies {accuracy} of {layout['num_triples']} static spatial triples "
+            "(meaningful after the layout loss)")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ categories but not to predicates has learnt what to draw, not where (see the REA
 model section).
 
 The same changes are measured on the graph encoder's local tokens (``"encoder"``): a UNet cannot
-react to a predicate its tokens barely carry.
+react to a predicate its tokens barely carry. For an encoder trained with the layout loss,
+:func:`encoder_layout_accuracy` says whether the layout it infers obeys the graph's static spatial
+relations, i.e. whether the "where" is there for the denoiser to draw.
 
 This measures sensitivity, not correctness (``sg2vid evaluate`` does that): a large figure is
 necessary for conformance, not sufficient.
@@ -28,7 +30,10 @@ from ..conditioning import encode_graph_context
 from ..data.sg_shapes import OPPOSITE_PREDICATES
 from ..scene_graph import SceneGraph
 
-__all__ = ["encoder_sensitivity", "graph_sensitivity"]
+__all__ = ["encoder_layout_accuracy", "encoder_sensitivity", "graph_sensitivity"]
+
+# SG-Shapes' static spatial predicates on centres (y downwards): (axis, sign) with sign * (s - o) > margin.
+_SPATIAL = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 
 
 def _other_category(name: str, categories: Sequence[str]) -> str:
@@ -87,6 +92,36 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
         "object_category": sums["object_category"] / len(graphs),
         "predicates": sums["predicates"] / with_predicates if with_predicates else None,
     }
+
+
+@torch.no_grad()
+def encoder_layout_accuracy(encoder, graphs: Iterable[SceneGraph], margin_px: float = 2.0, frame_size: int = 64) -> dict:
+    """The share of whole-clip static spatial triples (SG-Shapes' ``left of``, ``right of``, ``above``,
+    ``below``) that the encoder's inferred layout satisfies: object centres read through the layout
+    loss's fixed readout (:func:`~sg2vid_diffusers.models.sg_encoder.layout_readout`), apart by more
+    than ``margin_px`` (the conformance metric's margin) in a ``frame_size`` frame. Meaningful only
+    for an encoder trained with the layout loss (others score about chance, 0.5 or less).
+
+    Returns:
+        ``{"num_triples": T, "accuracy": a or None}``.
+    """
+    from ..models.sg_encoder import layout_readout
+
+    if encoder.vocab is None:
+        raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
+    readout = layout_readout(encoder.config.output_dim).to(encoder.device)
+    margin = 2 * margin_px / frame_size  # in the readout's [-1, 1] units
+    total = satisfied = 0
+    for graph in graphs:
+        boxes = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device)).float() @ readout
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (O, 2): the graph's objects, then its __image__ node
+        for rel in graph.relationships:
+            if rel.predicate not in _SPATIAL or rel.time is not None:
+                continue
+            axis, sign = _SPATIAL[rel.predicate]
+            total += 1
+            satisfied += bool(sign * (centres[rel.subject, axis] - centres[rel.object, axis]) > margin)
+    return {"num_triples": total, "accuracy": satisfied / total if total else None}
 
 
 @torch.no_grad()
