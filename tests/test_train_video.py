@@ -173,7 +173,8 @@ def test_graph_positions_are_added_to_a_trained_pipeline_and_train_with_the_grap
 def test_the_layout_bias_is_added_to_a_trained_pipeline_and_trains_with_the_layout_loss(work, tmp_path):
     out = tmp_path / "layout_bias"
     train("--pretrained_model_name_or_path", work / "pipe", "--graph_layout_bias", "--train_sg_encoder",
-          "--layout_loss_weight", 1, *common(work, out, "--max_train_steps", 2))  # fmt: skip
+          "--layout_loss_weight", 1, *common(work, out, "--max_train_steps", 2, "--checkpointing_steps", 5))  # fmt: skip
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"]  # the last step is always saved
     unet, original_unet = weights(out, "unet"), weights(work / "pipe", "unet")
     new = sorted(set(unet) - set(original_unet))
     assert new and all(key.endswith(".processor.layout_scale") for key in new)

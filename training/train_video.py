@@ -824,7 +824,9 @@ def main(args):
             logged["layout_loss"] = layout_mean
         accelerator.log(logged, step=global_step)
 
-        if global_step % args.checkpointing_steps == 0:
+        # The last step too: a finished run's last checkpoint says it finished (the recipe reads that) and
+        # resumes exactly when more steps are asked for.
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
             save_checkpoint(
                 accelerator, output_dir, global_step, args.checkpoints_total_limit, write_extra=record_wall_time
             )
