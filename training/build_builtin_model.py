@@ -78,13 +78,20 @@ PRESETS = {
                   "--prediction_type", "v_prediction", "--validation_steps", "1000"],
         # The video stage trains in legs, each resumed from the last one's final checkpoint with its own
         # --max_train_steps (the cosine schedule follows the new total from the step it resumes at) and
-        # flags: the shipped model's history, as it was trained. The last leg trains on 4-frame windows of
-        # 32 clips (about the same compute per step, 4x the clips; a third of the clips are still scenes,
-        # one image 16 times). A fourth leg with the layout loss was tried and not kept (README, Quality).
+        # flags: the shipped model's history, as it was trained. From the third leg on it trains on
+        # 4-frame windows of 32 clips (about the same compute per step, 4x the clips; a third of the clips
+        # are still scenes, one image 16 times). The fourth adds the layout loss (the encoder learns to
+        # infer each object's box from the relations), the fifth, a new run from the fourth's pipeline,
+        # the layout bias that hands those boxes to the graph attention (README, Quality).
         "video_legs": [
             {"max_train_steps": 3500},
             {"max_train_steps": 9000},
             {"max_train_steps": 13500, "flags": ["--train_batch_size", "32", "--frame_window", "4"]},
+            {"max_train_steps": 18000, "flags": ["--train_batch_size", "32", "--frame_window", "4",
+                                                 "--layout_loss_weight", "1", "--lr_scheduler", "linear"]},
+            {"max_train_steps": 20400, "fine_tune_into": "video_layout",
+             "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
+                       "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]},
         ],
         "checkpointing_steps": "250",
         "guidance_scales": [1.0, 2.0, 4.0, 6.0],
