@@ -301,6 +301,24 @@ def test_decoupled_from_unet3d_is_the_base_model_until_trained(plain_unet):
         )
 
 
+def test_decoupled_from_unet3d_with_positions_and_layout_bias_is_still_the_base_model(plain_unet):
+    unet = SceneGraphUNet3DConditionModel.from_unet3d(
+        plain_unet, graph_token_dim=3 * DG, graph_global_dim=DG, graph_position_dim=8, graph_layout_bias=True
+    ).eval()
+    assert unet.config.graph_position_dim == 8 and unet.config.graph_layout_bias
+    perturb_graph_values(unet)  # the graph branch is live; its position and layout weights are still zero
+    sample, text = inputs()
+    _, mask, global_embeds = encoder_outputs()
+    tokens = torch.randn(B, N, 3 * DG, generator=torch.Generator().manual_seed(8)) * mask[..., None]
+    context = unet.build_graph_context(tokens, mask, global_embeds, num_frames=F)
+    with torch.no_grad():
+        with_graph = unet(sample, 10, text, graph_context=context).sample
+        torch.testing.assert_close(unet(sample, 10, text).sample, plain_unet(sample, 10, text).sample, rtol=0, atol=1e-6)
+        unet.enable_graph_positions(0)
+        unet.enable_graph_layout_bias(False)
+        torch.testing.assert_close(unet(sample, 10, text, graph_context=context).sample, with_graph, rtol=0, atol=1e-5)
+
+
 def test_forward_matches_unet3d_on_odd_sizes_timestep_forms_and_residuals(plain_unet):
     unet = SceneGraphUNet3DConditionModel.from_unet3d(plain_unet, graph_mode="decoupled", **GRAPH)
     gen = torch.Generator().manual_seed(6)

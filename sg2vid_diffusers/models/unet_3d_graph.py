@@ -535,6 +535,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_mode: str = "decoupled",
         graph_token_dim: int = 1536,
         graph_global_dim: int = 512,
+        graph_position_dim: int = 0,
+        graph_layout_bias: bool = False,
         **kwargs,
     ) -> "SceneGraphUNet3DConditionModel":
         r"""A graph-conditioned UNet from a text-to-video ``UNet3DConditionModel``: every base weight
@@ -544,9 +546,13 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             unet: a ``UNet3DConditionModel`` (its device and dtype are kept) or a path / Hub id of
                 one's folder (then loaded with :meth:`from_pretrained`, ``kwargs`` passed on, e.g.
                 ``subfolder="unet"``).
-            graph_mode, graph_token_dim, graph_global_dim: as in the constructor.
+            graph_mode, graph_token_dim, graph_global_dim, graph_position_dim, graph_layout_bias: as in
+                the constructor (the last two are new weights at zero too: the output stays the base model's).
         """
-        graph_config = dict(graph_mode=graph_mode, graph_token_dim=graph_token_dim, graph_global_dim=graph_global_dim)
+        graph_config = dict(
+            graph_mode=graph_mode, graph_token_dim=graph_token_dim, graph_global_dim=graph_global_dim,
+            graph_position_dim=graph_position_dim, graph_layout_bias=graph_layout_bias,
+        )  # fmt: skip
         if not isinstance(unet, UNet3DConditionModel):
             return cls.from_pretrained(unet, **graph_config, **kwargs)
         if kwargs:
