@@ -27,13 +27,10 @@ import torch
 
 from ..batching import collate_scene_graphs
 from ..conditioning import encode_graph_context
-from ..data.sg_shapes import OPPOSITE_PREDICATES
+from ..data.sg_shapes import OPPOSITE_PREDICATES, STATIC_PREDICATES, _static_holds
 from ..scene_graph import SceneGraph
 
 __all__ = ["encoder_layout_accuracy", "encoder_sensitivity", "graph_sensitivity"]
-
-# SG-Shapes' static spatial predicates on centres (y downwards): (axis, sign) with sign * (s - o) > margin.
-_SPATIAL = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 
 
 def _other_category(name: str, categories: Sequence[str]) -> str:
@@ -110,17 +107,17 @@ def encoder_layout_accuracy(encoder, graphs: Iterable[SceneGraph], margin_px: fl
     if encoder.vocab is None:
         raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
     readout = layout_readout(encoder.config.output_dim).to(encoder.device)
-    margin = 2 * margin_px / frame_size  # in the readout's [-1, 1] units
     total = satisfied = 0
     for graph in graphs:
         boxes = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device)).float() @ readout
-        centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (O, 2): the graph's objects, then its __image__ node
+        centres = ((boxes[:, :2] + boxes[:, 2:]) / 2 + 1) / 2 * frame_size  # (O, 2) px: objects, then __image__
+        centres = centres.cpu().numpy()
         for rel in graph.relationships:
-            if rel.predicate not in _SPATIAL or rel.time is not None:
+            if rel.predicate not in STATIC_PREDICATES or rel.time is not None:
                 continue
-            axis, sign = _SPATIAL[rel.predicate]
             total += 1
-            satisfied += bool(sign * (centres[rel.subject, axis] - centres[rel.object, axis]) > margin)
+            holds = _static_holds(rel.predicate, centres[None, rel.subject], centres[None, rel.object], margin_px)
+            satisfied += bool(holds[0])
     return {"num_triples": total, "accuracy": satisfied / total if total else None}
 
 

@@ -78,17 +78,22 @@ def _require_xformers() -> None:
 
 
 def _match_graph_batch(
-    graph_hidden_states: torch.Tensor, graph_mask: torch.Tensor | None, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    graph_hidden_states: torch.Tensor,
+    graph_mask: torch.Tensor | None,
+    batch_size: int,
+    graph_boxes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Bring a graph context to the batch of the attention's queries.
 
     Args:
         graph_hidden_states: (G, L, C), G = B*F (one context per frame) or B (one per video).
         graph_mask: (G, L) bool, True = attend, or None (attend to every token).
         batch_size: B*F, the batch of ``hidden_states`` in a spatial layer (frames folded ``(b f)``).
+        graph_boxes: (G, L, 4) the tokens' boxes (layout bias), or None.
 
     Returns:
-        (B*F, L, C) states and (B*F, L) mask (or None); a per-video context is repeated per frame.
+        (B*F, L, C) states, (B*F, L) mask and (B*F, L, 4) boxes (each None when given None); a
+        per-video context is repeated per frame.
     """
     if graph_hidden_states.ndim != 3:
         raise ValueError(
@@ -103,18 +108,21 @@ def _match_graph_batch(
                 f"graph_mask has shape {tuple(graph_mask.shape)} but graph_hidden_states has "
                 f"{tuple(graph_hidden_states.shape)}: expected ({num_graphs}, {num_tokens})"
             )
+    if graph_boxes is not None and graph_boxes.shape != (num_graphs, num_tokens, 4):
+        raise ValueError(
+            f"graph_boxes has shape {tuple(graph_boxes.shape)} but graph_hidden_states has "
+            f"{tuple(graph_hidden_states.shape)}: expected ({num_graphs}, {num_tokens}, 4)"
+        )
     if num_graphs == batch_size:
-        return graph_hidden_states, graph_mask
+        return graph_hidden_states, graph_mask, graph_boxes
     if num_graphs == 0 or batch_size % num_graphs != 0:
         raise ValueError(
             f"graph_hidden_states has batch {num_graphs}, which does not fit hidden_states' batch {batch_size}: "
             "expected one context per frame (B*F) or one per video (B)"
         )
     repeats = batch_size // num_graphs  # F: the batch is folded (b f), so contexts repeat per frame
-    graph_hidden_states = graph_hidden_states.repeat_interleave(repeats, dim=0)
-    if graph_mask is not None:
-        graph_mask = graph_mask.repeat_interleave(repeats, dim=0)
-    return graph_hidden_states, graph_mask
+    repeat = lambda t: None if t is None else t.repeat_interleave(repeats, dim=0)  # noqa: E731
+    return repeat(graph_hidden_states), repeat(graph_mask), repeat(graph_boxes)
 
 
 def graph_query_coordinates(height: int, width: int, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -214,12 +222,8 @@ class _GraphQueryExtras(nn.Module):
         self.position_dim = position_dim
         self.to_q_pos = nn.Linear(position_dim, hidden_size, bias=False) if position_dim else None
         self.layout_scale = nn.Parameter(torch.zeros(layout_heads)) if layout_heads else None
-        self._zero_extras()  # a no-op on the meta device (diffusers' empty-weight loading)
-
-    @torch.no_grad()
-    def _zero_extras(self) -> None:
-        if self.to_q_pos is not None and not self.to_q_pos.weight.is_meta:
-            self.to_q_pos.weight.zero_()
+        if self.to_q_pos is not None:
+            nn.init.zeros_(self.to_q_pos.weight)  # a no-op on the meta device (diffusers' empty-weight loading)
 
     @torch.no_grad()
     def reset_extras(self, device: torch.device | str | None = None) -> None:
@@ -368,19 +372,6 @@ class _AttentionProcessorBase:
         return query, key, attn.to_v(context)
 
 
-def _match_graph_boxes(graph_boxes: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
-    """(G, L, 4) token boxes, G = B*F or B -> (B*F, L, 4), as :func:`_match_graph_batch` does for states."""
-    if graph_boxes is None:
-        return None
-    if graph_boxes.ndim != 3 or graph_boxes.shape[-1] != 4:
-        raise ValueError(f"graph_boxes must have shape (batch, tokens, 4), got {tuple(graph_boxes.shape)}")
-    if graph_boxes.shape[0] == batch_size:
-        return graph_boxes
-    if graph_boxes.shape[0] == 0 or batch_size % graph_boxes.shape[0]:
-        raise ValueError(f"graph_boxes has batch {graph_boxes.shape[0]}, which does not fit hidden_states' batch {batch_size}")
-    return graph_boxes.repeat_interleave(batch_size // graph_boxes.shape[0], dim=0)
-
-
 def _graph_sdpa_mask(graph_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(N, L) bool, True = attend -> (N, 1, 1, L): broadcast over heads and queries."""
     return None if graph_mask is None else graph_mask[:, None, None, :]
@@ -478,8 +469,9 @@ class GraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
                 "graph_context to the UNet"
             )
         hidden_states, saved = self._begin(attn, hidden_states, temb)
-        graph_hidden_states, graph_mask = _match_graph_batch(graph_hidden_states, graph_mask, hidden_states.shape[0])
-        graph_boxes = _match_graph_boxes(graph_boxes, hidden_states.shape[0])
+        graph_hidden_states, graph_mask, graph_boxes = _match_graph_batch(
+            graph_hidden_states, graph_mask, hidden_states.shape[0], graph_boxes
+        )
         query, key, value = self._query_and_text(attn, hidden_states, graph_hidden_states)
         mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads)
         query = self._with_position(query, graph_positions)
@@ -566,8 +558,9 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
         out = self._attend(attn, query, key, value, mask)
 
         if graph_hidden_states is not None and graph_scale != 0:
-            graph_hidden_states, graph_mask = _match_graph_batch(graph_hidden_states, graph_mask, batch_size)
-            graph_boxes = _match_graph_boxes(graph_boxes, batch_size)
+            graph_hidden_states, graph_mask, graph_boxes = _match_graph_batch(
+                graph_hidden_states, graph_mask, batch_size, graph_boxes
+            )
             graph_key = self.to_k_graph(graph_hidden_states)  # (N, L, inner)
             graph_value = self.to_v_graph(graph_hidden_states)  # (N, L, inner)
             graph_mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads)

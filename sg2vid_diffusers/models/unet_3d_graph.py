@@ -32,6 +32,7 @@ from .graph_attention import (
     GRAPH_MODES,
     DecoupledGraphAttnProcessor,
     GraphAttnProcessor,
+    _XFormersAttention,
     graph_position_table,
     install_graph_processors,
 )
@@ -181,13 +182,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
     ):
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
-        if not isinstance(graph_position_dim, int) or graph_position_dim < 0 or graph_position_dim % 4:
-            raise ValueError(f"graph_position_dim must be 0 or a positive multiple of 4, got {graph_position_dim!r}")
-        if graph_layout_bias and graph_token_dim != 3 * graph_global_dim:
-            raise ValueError(
-                "the layout bias reads each token's subject third: graph_token_dim must be 3 x graph_global_dim "
-                f"({3 * graph_global_dim}), got {graph_token_dim}"
-            )
+        _check_graph_attention_options(graph_position_dim, graph_layout_bias, graph_token_dim, graph_global_dim)
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -614,8 +609,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         them), keeping every other weight: new ``to_q_pos`` projections start at zero, so the output is
         unchanged until they train. The config's ``graph_position_dim`` follows (saved with the model).
         For a trained model, e.g. the built-in one, before fine-tuning it with positions."""
-        if not isinstance(position_dim, int) or position_dim < 0 or position_dim % 4:
-            raise ValueError(f"position_dim must be 0 or a positive multiple of 4, got {position_dim!r}")
+        config = self.config
+        _check_graph_attention_options(position_dim, config.graph_layout_bias, config.graph_token_dim, config.graph_global_dim)
         self.register_to_config(graph_position_dim=position_dim)
         self._reinstall_graph_processors()
 
@@ -623,16 +618,13 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         """Switch the layout bias on (new ``layout_scale`` at zero: the output is unchanged until it
         trains) or off, keeping every other weight; the config's ``graph_layout_bias`` follows. Only an
         encoder trained with the layout loss gives boxes worth reading."""
-        if enabled and self.config.graph_token_dim != 3 * self.config.graph_global_dim:
-            raise ValueError(
-                "the layout bias reads each token's subject third: graph_token_dim must be 3 x graph_global_dim "
-                f"({3 * self.config.graph_global_dim}), got {self.config.graph_token_dim}"
-            )
+        config = self.config
+        _check_graph_attention_options(config.graph_position_dim, enabled, config.graph_token_dim, config.graph_global_dim)
         self.register_to_config(graph_layout_bias=bool(enabled))
         self._reinstall_graph_processors()
 
     def _reinstall_graph_processors(self) -> None:
-        xformers = any(type(p).__name__.startswith("XFormers") for p in self.attn_processors.values())
+        xformers = any(isinstance(p, _XFormersAttention) for p in self.attn_processors.values())
         install_graph_processors(
             self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
             layout_bias=self.config.graph_layout_bias, xformers=xformers,
@@ -672,6 +664,17 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
 
     def fuse_qkv_projections(self) -> None:
         raise NotImplementedError("fused QKV projections would replace the graph attention processors")
+
+
+def _check_graph_attention_options(position_dim, layout_bias: bool, token_dim: int, global_dim: int) -> None:
+    """The UNet's ``graph_position_dim`` and ``graph_layout_bias``, checked (constructor and ``enable_...``)."""
+    if not isinstance(position_dim, int) or position_dim < 0 or position_dim % 4:
+        raise ValueError(f"graph_position_dim must be 0 or a positive multiple of 4, got {position_dim!r}")
+    if layout_bias and token_dim != 3 * global_dim:
+        raise ValueError(
+            "the layout bias reads each token's subject third: graph_token_dim must be 3 x graph_global_dim "
+            f"({3 * global_dim}), got {token_dim}"
+        )
 
 
 def lora_target_modules(unet: nn.Module, scope: str = "spatial") -> list[str]:
