@@ -192,15 +192,16 @@ def take_frame_windows(latents: torch.Tensor, frame_starts: torch.Tensor, window
 def _window_context(
     context: GraphContext, frame_starts: torch.Tensor, num_clip_frames: int, window: int
 ) -> GraphContext:
-    """A (B*F, L, C) context of whole clips -> the (B*W, L, C) context of their frame windows."""
-    states = rearrange(context.hidden_states, "(b f) l c -> b f l c", f=num_clip_frames)
-    mask = rearrange(context.mask, "(b f) l -> b f l", f=num_clip_frames)
-    states, mask = _take_frames(states, frame_starts, window, dim=1), _take_frames(mask, frame_starts, window, dim=1)
-    boxes = None
-    if context.boxes is not None:
-        boxes = rearrange(context.boxes, "(b f) l c -> b f l c", f=num_clip_frames)
-        boxes = rearrange(_take_frames(boxes, frame_starts, window, dim=1), "b w l c -> (b w) l c")
-    return GraphContext(rearrange(states, "b w l c -> (b w) l c"), rearrange(mask, "b w l -> (b w) l"), boxes)
+    """A (B*F, L, C) context of whole clips -> the (B*W, L, C) context of their frame windows (mask and
+    boxes alike)."""
+
+    def windows(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        if tensor is None:
+            return None
+        per_clip = rearrange(tensor, "(b f) ... -> b f ...", f=num_clip_frames)
+        return rearrange(_take_frames(per_clip, frame_starts, window, dim=1), "b w ... -> (b w) ...")
+
+    return GraphContext(windows(context.hidden_states), windows(context.mask), windows(context.boxes))
 
 
 def set_trainable_parameters(

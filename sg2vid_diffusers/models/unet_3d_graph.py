@@ -624,20 +624,20 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         self._reinstall_graph_processors()
 
     def _reinstall_graph_processors(self) -> None:
-        xformers = any(isinstance(p, _XFormersAttention) for p in self.attn_processors.values())
+        """The config's graph processors again, SDPA or xformers as they are now, weights kept."""
+        self._install_graph_processors(xformers=any(isinstance(p, _XFormersAttention) for p in self.attn_processors.values()))
+
+    def _install_graph_processors(self, xformers: bool = False, attention_op=None) -> None:
         install_graph_processors(
             self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
-            layout_bias=self.config.graph_layout_bias, xformers=xformers,
+            layout_bias=self.config.graph_layout_bias, xformers=xformers, attention_op=attention_op,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ attention implementations
 
     def set_default_attn_processor(self) -> None:
         """Back to the default (PyTorch SDPA) processors: the graph ones, weights kept."""
-        install_graph_processors(
-            self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
-            layout_bias=self.config.graph_layout_bias,
-        )  # fmt: skip
+        self._install_graph_processors()
 
     def enable_xformers_memory_efficient_attention(self, attention_op=None) -> None:
         """Use the xformers variants of the graph processors (weights kept). Raises
@@ -651,10 +651,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
     def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
         """The switch behind ``enable/disable_xformers_memory_efficient_attention``. ModelMixin's
         version would give every layer diffusers' plain xformers processor, dropping the graph ones."""
-        install_graph_processors(
-            self, self.config.graph_mode, position_dim=self.config.graph_position_dim,
-            layout_bias=self.config.graph_layout_bias, xformers=valid, attention_op=attention_op,
-        )  # fmt: skip
+        self._install_graph_processors(xformers=valid, attention_op=attention_op)
 
     def set_attention_slice(self, slice_size) -> None:
         raise NotImplementedError(
