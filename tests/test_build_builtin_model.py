@@ -41,6 +41,7 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert set(times) == {"data", "encoder", "vae", "video", "guidance", "export", "evaluate"}
     guidance = json.loads((tmp_path / "work" / "guidance.json").read_text())
     assert set(guidance["figures"]) == {"1", "4"}
+    assert guidance["model"] == {"folder": "video_positions", "steps": 5}  # what it was chosen for
     assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
@@ -113,3 +114,25 @@ def test_fine_tune_legs_train_in_their_own_run_from_the_pipeline_before_them(tmp
                     (30, "video_b", "video", 20), (32, "video_c", "video_b", 30)]  # fmt: skip
     assert recipe.final_video_dir(preset, tmp_path) == tmp_path / "video_c"
     assert recipe.final_video_dir({"video_legs": preset["video_legs"][:2]}, tmp_path) == tmp_path / "video"
+
+
+def test_a_leg_is_trained_again_only_when_neither_its_run_nor_a_later_fine_tune_has_passed_it(tmp_path):
+    recipe = load_recipe()
+    preset = {"video_legs": [{"max_train_steps": 10}, {"max_train_steps": 20},
+                             {"max_train_steps": 25, "fine_tune_into": "video_b"}]}  # fmt: skip
+
+    def todo():
+        return [leg["max_train_steps"] for leg, *_ in recipe.legs_to_train(recipe.video_runs(preset, tmp_path))]
+
+    assert todo() == [10, 20, 25]
+    (tmp_path / "video" / "checkpoint-10").mkdir(parents=True)
+    (tmp_path / "video" / "checkpoint-12.tmp").mkdir()  # half-written: not a checkpoint
+    assert todo() == [20, 25]
+    # The run saved its pipeline at step 20 but its last checkpoint is 15 (as train_video.py did before it
+    # checkpointed the last step): the leg looks unfinished until the fine-tune run after it has started.
+    (tmp_path / "video" / "checkpoint-15").mkdir()
+    assert todo() == [20, 25]
+    (tmp_path / "video_b").mkdir()
+    assert todo() == [25]
+    (tmp_path / "video_b" / "checkpoint-5").mkdir()
+    assert todo() == []

@@ -229,6 +229,21 @@ def video_runs(preset, work: Path) -> list[tuple[dict, Path, Path | None, int]]:
     return runs
 
 
+def legs_to_train(runs: list[tuple[dict, Path, Path | None, int]]) -> list[tuple[dict, Path, Path | None, int]]:
+    """The runs of :func:`video_runs` that still have steps to train. A leg is done when its run's last
+    checkpoint has reached its steps, and so is every leg before a fine-tune run that has started (its
+    folder exists): that run started from the pipeline those legs saved at their last step, which may
+    lie past their last checkpoint (a run saved before train_video.py checkpointed its last step)."""
+    todo = []
+    for index, (leg, out, source, offset) in enumerate(runs):
+        if offset + video_done(out) >= leg["max_train_steps"]:
+            continue
+        if any(later != out and later.is_dir() for _, later, _, _ in runs[index + 1 :]):
+            continue
+        todo.append((leg, out, source, offset))
+    return todo
+
+
 def final_video_dir(preset, work: Path) -> Path:
     """The pipeline folder the video stage ends with (what the guidance, export and evaluate stages use)."""
     return video_runs(preset, work)[-1][1]
@@ -242,10 +257,8 @@ def stage_video(args, preset, work: Path) -> None:
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
-    for leg, out, source, offset in runs:
+    for leg, out, source, offset in legs_to_train(runs):
         from_step = offset + video_done(out)
-        if from_step >= leg["max_train_steps"]:
-            continue  # trained by an earlier run
         if source is None:
             model = ["--unet_config", str(unet_config), "--vae", str(work / "vae"), "--sg_encoder", str(work / "encoder")]
         else:
@@ -313,13 +326,20 @@ def guidance_score(row: dict) -> float:
     return row["relation_accuracy"] + row["object_recall"] + (row["shape_accuracy"] or 0.0) - row["spurious_per_video"]
 
 
+def guidance_model(preset, work: Path) -> dict:
+    """Which model a guidance choice was made for: the video stage's last pipeline folder and the steps
+    the recipe trains it to."""
+    return {"folder": final_video_dir(preset, work).name, "steps": preset["video_legs"][-1]["max_train_steps"]}
+
+
 def stage_guidance(args, preset, work: Path) -> bool:
     """Choose the model's default classifier-free guidance on validation graphs (never test ones):
     too little and the graph is followed loosely, too much and sparse scenes (one object) come out
     empty, because guidance pushes away from the unconditional model's busier scenes."""
     out = work / "guidance.json"
-    if out.is_file():
-        return False
+    model = guidance_model(preset, work)
+    if out.is_file() and json.loads(out.read_text()).get("model") == model:
+        return False  # chosen for this very model (a later leg or fine-tune run chooses again)
     validation = make_split(args, preset, work, "validation")
     graphs = write_graphs(validation, work / "guidance_graphs.jsonl", limit=preset["guidance_graphs"])
     rows = {}
@@ -331,7 +351,7 @@ def stage_guidance(args, preset, work: Path) -> bool:
                    *preset.get("inference", [])))  # fmt: skip
         rows[f"{scale:g}"] = evaluate_folder(folder)
     chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
-    atomic_write_text(out, json.dumps({"chosen": float(chosen), "figures": rows}, indent=1))
+    atomic_write_text(out, json.dumps({"chosen": float(chosen), "model": model, "figures": rows}, indent=1))
     for scale, row in rows.items():
         print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
     return True
