@@ -1,0 +1,86 @@
+"""Colour confusions in generated SG-Shapes videos, and palette distances in a VAE's latent space."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sg2vid_diffusers.data.sg_shapes import COLORS, generate_clip
+from sg2vid_diffusers.data.video_folder import write_video_folder
+from sg2vid_diffusers.evaluation.colours import colour_confusions, palette_latent_distances
+from tiny_models import tiny_vae
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _recoloured(frames: np.ndarray, old: str, new: str) -> np.ndarray:
+    out = frames.copy()
+    out[(frames == COLORS[old]).all(-1)] = COLORS[new]
+    return out
+
+
+def _clip_with(colour: str, index_from: int = 0):
+    """A validation clip whose graph has an object of ``colour`` and at least one other colour free."""
+    for i in range(index_from, index_from + 200):
+        clip, graph = generate_clip("validation", i)
+        colours = [name.split()[0] for name in graph.object_names]
+        if colour in colours and len(colours) >= 2:
+            return clip.render(), graph
+    raise AssertionError("no such clip")
+
+
+def test_ground_truth_has_no_misses_and_a_recoloured_object_is_a_swap():
+    frames, graph = _clip_with("red")
+    free = next(c for c in COLORS if c not in [n.split()[0] for n in graph.object_names])
+
+    clean = colour_confusions([(frames, graph)])
+    assert clean.num_missed == 0 and clean.spurious == 0 and not clean.swaps
+    assert sum(clean.objects.values()) == len(graph.object_names)
+
+    swapped = colour_confusions([(frames, graph), (_recoloured(frames, "red", free), graph)])
+    assert swapped.missed == {"red": 1} and swapped.spurious == 1 and swapped.missed_beside_spurious == 1
+    assert swapped.swaps == {("red", free): 1} and swapped.swaps_same_shape == 1
+    assert sum(swapped.objects.values()) == 2 * len(graph.object_names)
+    assert f"red -> {free} (1)" in swapped.format_table()
+
+
+def test_an_object_not_drawn_is_a_miss_without_a_swap():
+    frames, graph = _clip_with("red")
+    erased = frames.copy()
+    erased[(frames == COLORS["red"]).all(-1)] = 0
+    report = colour_confusions([(erased, graph)])
+    assert report.missed == {"red": 1} and report.spurious == 0 and report.missed_beside_spurious == 0
+    assert not report.swaps
+
+
+def test_palette_latent_distances_are_a_distance_matrix_over_distinct_frames():
+    result = palette_latent_distances(tiny_vae())
+    d = result["distances"]
+    assert result["colours"] == list(COLORS) and d.shape == (6, 6) and result["to_empty"].shape == (6,)
+    assert np.allclose(d, d.T, atol=1e-5) and np.allclose(np.diag(d), 0, atol=1e-3)
+    assert (d[~np.eye(6, dtype=bool)] > 0).all() and (result["to_empty"] > 0).all()
+    # Another shape draws other frames, so other latents.
+    assert not np.allclose(palette_latent_distances(tiny_vae(), shape="circle")["distances"], d)
+
+
+@pytest.mark.parametrize("as_pipeline", [False, True])
+def test_the_script_reads_a_vae_or_pipeline_folder_and_a_generated_folder(tmp_path, as_pipeline):
+    vae_dir = tmp_path / ("pipe/vae" if as_pipeline else "vae")
+    tiny_vae().save_pretrained(vae_dir)
+    frames, graph = _clip_with("red")
+    free = next(c for c in COLORS if c not in [n.split()[0] for n in graph.object_names])
+    data = write_video_folder(tmp_path / "gen", [(_recoloured(frames, "red", free), graph, None, {})], video_format="npy")
+    model = tmp_path / "pipe" if as_pipeline else vae_dir
+    command = [sys.executable, str(ROOT / "training" / "colour_diagnostics.py"), "--vae", str(model), "--data", str(data)]
+    result = subprocess.run(command + ["--json"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures["missed"] == {"red": 1} and figures["swaps"] == [["red", free, 1]]
+    assert len(figures["latent_distances"]) == 6
+    text = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert text.returncode == 0 and f"red -> {free} (1)" in text.stdout and "empty" in text.stdout
+    assert torch.tensor(figures["latent_distances"]).diagonal().abs().max() < 1e-3
