@@ -82,7 +82,8 @@ PRESETS = {
         # 4-frame windows of 32 clips (about the same compute per step, 4x the clips; a third of the clips
         # are still scenes, one image 16 times). The fourth adds the layout loss (the encoder learns to
         # infer each object's box from the relations), the fifth, a new run from the fourth's pipeline,
-        # the layout bias that hands those boxes to the graph attention (README, Quality).
+        # the layout bias that hands those boxes to the graph attention (README, Quality); the sixth
+        # trains that model on, a new run from the fifth's pipeline (a warm restart of the schedule).
         "video_legs": [
             {"max_train_steps": 3500},
             {"max_train_steps": 9000},
@@ -92,10 +93,13 @@ PRESETS = {
             {"max_train_steps": 20400, "fine_tune_into": "video_layout",
              "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
                        "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]},
+            {"max_train_steps": 23400, "fine_tune_into": "video_layout2",
+             "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
+                       "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]},
         ],
         "checkpointing_steps": "250",
-        "guidance_scales": [1.0, 2.0, 4.0, 6.0],
-        "guidance_graphs": 24,
+        "guidance_scales": [1.0, 2.0, 4.0, 6.0, 8.0],
+        "guidance_graphs": 48,
     },
     "smoke": {
         "num_frames": 4,
