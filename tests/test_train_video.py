@@ -514,8 +514,13 @@ def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):
     stamp = (out / "latent_cache.safetensors").stat().st_mtime_ns
     train(*run, *common(work, out, "--max_train_steps", 3, "--resume_from_checkpoint", "latest"))
     assert (out / "latent_cache.safetensors").stat().st_mtime_ns == stamp  # same VAE and data: reused
+    # The same VAE loaded from another folder (as a fine-tune run loads it from the pipeline before): reused.
+    shutil.copytree(work / "cache_vae", work / "cache_vae_moved")
+    moved = [work / "cache_vae_moved" if arg == work / "cache_vae" else arg for arg in run]
+    train(*moved, *common(work, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
+    assert (out / "latent_cache.safetensors").stat().st_mtime_ns == stamp
     tiny_vae(seed=5).save_pretrained(work / "cache_vae")  # another VAE: the cache is made again
-    train(*run, *common(work, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
+    train(*run, *common(work, out, "--max_train_steps", 5, "--resume_from_checkpoint", "latest"))
     assert (out / "latent_cache.safetensors").stat().st_mtime_ns != stamp
 
 

@@ -389,13 +389,14 @@ def collate_cached(items, vocab):
 def cache_latents(train_set, vae, args, accelerator, vocab):
     """The latent distribution of every training clip under the frozen VAE, computed once (on the main
     process, in batches, with a progress bar) and stored in OUTPUT_DIR/latent_cache.safetensors; a run
-    that finds a cache made from the same VAE and data reuses it."""
+    that finds a cache made from the same VAE (weights and config, not where it was loaded from) and
+    data reuses it."""
     path = Path(args.output_dir) / LATENT_CACHE_NAME
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
     key = json.dumps(
-        {"vae": dict(vae.config), "weights": digest.hexdigest(), "data": str(args.train_data_dir), "clips": len(train_set), "frames": args.num_frames,
+        {"vae": {k: v for k, v in vae.config.items() if not k.startswith("_")}, "weights": digest.hexdigest(), "data": str(args.train_data_dir), "clips": len(train_set), "frames": args.num_frames,
          "resolution": args.resolution, "stride": args.frame_stride, "format": args.dataset_format},
         sort_keys=True, default=str,
     )  # fmt: skip
