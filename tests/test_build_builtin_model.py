@@ -136,3 +136,33 @@ def test_a_leg_is_trained_again_only_when_neither_its_run_nor_a_later_fine_tune_
     assert todo() == [25]
     (tmp_path / "video_b" / "checkpoint-5").mkdir()
     assert todo() == []
+
+
+def test_an_interrupted_stage_and_leg_still_count_the_time_they_ran(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    from sg2vid_diffusers.data.sg_shapes import generate_clip
+    from sg2vid_diffusers.data.video_folder import write_video_folder
+
+    recipe = load_recipe()
+    clips = (generate_clip("test", i, num_frames=4) for i in range(2))
+    write_video_folder(tmp_path / "data" / "test", ((c.render(), g, None, {}) for c, g in clips), video_format="npy")
+
+    def interrupted(command):  # the training script, stopped by Ctrl-C a moment after it started
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.main(["--work_dir", str(tmp_path), "--preset", "smoke", "--stages", "video"])
+    [leg] = json.loads((tmp_path / "video_legs.json").read_text())
+    assert (leg["from_step"], leg["to_step"]) == (0, 2) and leg["seconds"] >= 0.2
+    assert json.loads((tmp_path / "stage_times.json").read_text())["video"] >= 0.2
+    # Resumed (here nothing trains, so every leg runs): the same leg recorded again, the stage's time added.
+    monkeypatch.setattr(recipe, "run", lambda command: time.sleep(0.1))
+    recipe.main(["--work_dir", str(tmp_path), "--preset", "smoke", "--stages", "video"])
+    legs = json.loads((tmp_path / "video_legs.json").read_text())
+    assert [(r["from_step"], r["to_step"]) for r in legs][:2] == [(0, 2), (0, 2)]
+    assert json.loads((tmp_path / "stage_times.json").read_text())["video"] >= 0.3

@@ -29,6 +29,7 @@ Each stage is a plain command (printed before it runs), so a stage can be run or
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -268,15 +269,17 @@ def stage_video(args, preset, work: Path) -> None:
         else:
             model = ["--pretrained_model_name_or_path", str(source)]
         start = time.time()
-        run(training_script(args, "train_video.py") + model + [
-            "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
-            "--validation_graphs", str(graphs), "--checkpointing_steps", preset["checkpointing_steps"],
-            "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
-            "--seed", str(args.seed), *preset["video"], "--max_train_steps", str(leg["max_train_steps"] - offset),
-            *leg.get("flags", []),
-        ])  # fmt: skip
-        record_leg(work, from_step, leg["max_train_steps"], seconds=time.time() - start, flags=leg.get("flags", []),
-                   fine_tune=bool(leg.get("fine_tune_into")))  # fmt: skip
+        try:
+            run(training_script(args, "train_video.py") + model + [
+                "--train_data_dir", str(work / "data" / "train"), "--output_dir", str(out),
+                "--validation_graphs", str(graphs), "--checkpointing_steps", preset["checkpointing_steps"],
+                "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest", "--report_to", "none",
+                "--seed", str(args.seed), *preset["video"], "--max_train_steps", str(leg["max_train_steps"] - offset),
+                *leg.get("flags", []),
+            ])  # fmt: skip
+        finally:  # an interrupted leg's time counts too (its resumed run adds a second record of the same leg)
+            record_leg(work, from_step, leg["max_train_steps"], seconds=time.time() - start,
+                       flags=leg.get("flags", []), fine_tune=bool(leg.get("fine_tune_into")))  # fmt: skip
 
 
 def option(flags: list[str], name: str) -> str:
@@ -508,20 +511,27 @@ def record_stage_time(work: Path, stage: str, seconds: float) -> None:
     atomic_write_text(path, json.dumps(times, indent=1))
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: the stage's time is recorded, a running script killed
+
+
 def main(argv=None):
     args = parse_args(argv)
     preset = PRESETS[args.preset]
     args.work_dir.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
         if stage in args.stages:
-            start = time.time()
+            start, ran = time.time(), None
             print(f"== {stage}", flush=True)
-            ran = globals()[f"stage_{stage}"](args, preset, args.work_dir)
-            elapsed = time.time() - start
-            if ran is not False:  # False: its output was there already
-                record_stage_time(args.work_dir, stage, elapsed)
+            try:
+                ran = globals()[f"stage_{stage}"](args, preset, args.work_dir)
+            finally:  # interrupted (Ctrl-C, SIGTERM) or not: the time it ran counts
+                elapsed = time.time() - start
+                if ran is not False:  # False: its output was there already
+                    record_stage_time(args.work_dir, stage, elapsed)
             print(f"== {stage} {'done' if ran is not False else 'already done'} in {elapsed / 60:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     main()
