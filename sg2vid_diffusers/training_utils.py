@@ -253,21 +253,24 @@ def resize_videos(videos: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_videos(vae: nn.Module, videos: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_videos(
+    vae: nn.Module, videos: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+) -> torch.Tensor:
     """Latents of videos through the frozen image VAE, one frame at a time (frames folded into the batch).
 
     Args:
         vae: an ``AutoencoderKL`` (or compatible: ``encode(x).latent_dist``, ``config.scaling_factor``).
         videos: (B, F, 3, H, W) in [0, 1].
         generator: for the sample from the latent distribution.
+        sample: a sample of the latent distribution (as training draws), or its mean (``False``).
 
     Returns:
         (B, C, F, H / s, W / s) latents, times ``vae.config.scaling_factor`` (what the UNet denoises;
         ``SceneGraphToVideoPipeline.decode_latents`` divides it out again).
     """
     frames = rearrange(videos, "b f c h w -> (b f) c h w") * 2 - 1  # [0, 1] -> [-1, 1]
-    latents = vae.encode(frames.to(vae.dtype)).latent_dist.sample(generator=generator)
-    latents = latents * vae.config.scaling_factor
+    dist = vae.encode(frames.to(vae.dtype)).latent_dist
+    latents = (dist.sample(generator=generator) if sample else dist.mean) * vae.config.scaling_factor
     return rearrange(latents, "(b f) c h w -> b c f h w", b=videos.shape[0])
 
 

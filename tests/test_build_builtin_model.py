@@ -4,9 +4,14 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from safetensors import safe_open
+
+from sg2vid_diffusers.data.sg_shapes import generate_clip
+from sg2vid_diffusers.data.video_folder import write_video_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,13 +144,6 @@ def test_a_leg_is_trained_again_only_when_neither_its_run_nor_a_later_fine_tune_
 
 
 def test_an_interrupted_stage_and_leg_still_count_the_time_they_ran(tmp_path, monkeypatch):
-    import time
-
-    import pytest
-
-    from sg2vid_diffusers.data.sg_shapes import generate_clip
-    from sg2vid_diffusers.data.video_folder import write_video_folder
-
     recipe = load_recipe()
     clips = (generate_clip("test", i, num_frames=4) for i in range(2))
     write_video_folder(tmp_path / "data" / "test", ((c.render(), g, None, {}) for c, g in clips), video_format="npy")

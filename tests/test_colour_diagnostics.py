@@ -60,6 +60,7 @@ def test_an_object_not_drawn_is_a_miss_without_a_swap():
 def test_palette_latent_distances_are_a_distance_matrix_over_distinct_frames():
     result = palette_latent_distances(tiny_vae())
     d = result["distances"]
+    assert np.array_equal(palette_latent_distances(tiny_vae())["distances"], d)  # the posterior mean: no draw
     assert result["colours"] == list(COLORS) and d.shape == (6, 6) and result["to_empty"].shape == (6,)
     assert np.allclose(d, d.T, atol=1e-5) and np.allclose(np.diag(d), 0, atol=1e-3)
     assert (d[~np.eye(6, dtype=bool)] > 0).all() and (result["to_empty"] > 0).all()

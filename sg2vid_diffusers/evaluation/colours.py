@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data.sg_shapes import COLORS, FRAME_SIZE, render_frames, split_category
 from ..scene_graph import SceneGraph
-from .conformance import _PALETTE, _shape_from_fill, detect_objects
+from .conformance import _PALETTE, _color_index, _drawn, _drawn_shape, detect_objects
 
 __all__ = ["ColourReport", "colour_confusions", "palette_latent_distances"]
 
@@ -61,10 +61,10 @@ def colour_confusions(videos: Iterable[tuple[np.ndarray, SceneGraph]]) -> Colour
     report = ColourReport()
     for frames, graph in videos:
         detections = detect_objects(frames)
-        enough = detections.detected.sum(axis=1) >= 0.5 * detections.num_frames  # (6,)
-        colours = [_PALETTE.index(split_category(name)[0]) for name in graph.object_names]
-        missed = [k for k, c in enumerate(colours) if not enough[c]]
-        spurious = [c for c in range(len(_PALETTE)) if c not in colours and enough[c]]
+        drawn = _drawn(detections)
+        colours = [_color_index(name) for name in graph.object_names]
+        missed = [k for k, c in enumerate(colours) if not drawn[c]]
+        spurious = [c for c in range(len(_PALETTE)) if c not in colours and drawn[c]]
         for c in colours:
             report.objects[_PALETTE[c]] += 1
         for k in missed:
@@ -72,10 +72,9 @@ def colour_confusions(videos: Iterable[tuple[np.ndarray, SceneGraph]]) -> Colour
         report.missed_beside_spurious += len(missed) if spurious else 0
         report.spurious += len(spurious)
         if len(missed) == 1 and len(spurious) == 1:
-            wanted, drawn = colours[missed[0]], spurious[0]
-            report.swaps[(_PALETTE[wanted], _PALETTE[drawn])] += 1
-            shape = _shape_from_fill(float(np.nanmedian(detections.fill[drawn])))
-            report.swaps_same_shape += shape == split_category(graph.object_names[missed[0]])[1]
+            wanted, instead = colours[missed[0]], spurious[0]
+            report.swaps[(_PALETTE[wanted], _PALETTE[instead])] += 1
+            report.swaps_same_shape += _drawn_shape(detections, instead) == split_category(graph.object_names[missed[0]])[1]
     return report
 
 
@@ -87,13 +86,12 @@ def palette_latent_distances(vae, shape: str = "square", size: int = FRAME_SIZE)
     to the latent of an empty frame}``."""
     import torch
 
+    from ..training_utils import encode_videos
+
     names = [f"{colour} {shape}" for colour in COLORS]
     centre = np.full((1, 1, 2), size / 2)
     frames = np.concatenate([render_frames([name], centre, size) for name in names] + [np.zeros((1, size, size, 3), np.uint8)])
-    param = next(vae.parameters())
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).to(param.device, param.dtype) / 127.5 - 1
-    with torch.no_grad():
-        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-    flat = latents.flatten(1).float().cpu()
+    videos = torch.from_numpy(frames).permute(0, 3, 1, 2)[:, None].to(vae.device) / 255  # (7, 1, 3, H, W): one-frame videos
+    flat = encode_videos(vae, videos, sample=False).flatten(1).float().cpu()
     distances = torch.cdist(flat, flat).numpy()
     return {"colours": list(COLORS), "distances": distances[:-1, :-1], "to_empty": distances[:-1, -1]}

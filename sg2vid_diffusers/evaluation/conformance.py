@@ -129,20 +129,31 @@ def _color_index(name: str) -> int:
     return _PALETTE.index(split_category(name)[0])
 
 
+def _drawn(detections: Detections) -> np.ndarray:
+    """(6,) bool per palette colour: detected in at least half of the frames (what recall and
+    spurious objects count)."""
+    return detections.detected.sum(axis=1) >= 0.5 * detections.num_frames
+
+
+def _drawn_shape(detections: Detections, color: int) -> str:
+    """The shape a drawn colour's median fill ratio names."""
+    return _shape_from_fill(float(np.nanmedian(detections.fill[color])))
+
+
 def score_detections(detections: Detections, graph: SceneGraph) -> VideoScore:
     """Score detections against ``graph`` (an SG-Shapes graph, already parsed)."""
     F = detections.num_frames
     colors = [_color_index(name) for name in graph.object_names]
     det, cen = detections.detected[colors], detections.centers[colors]  # (n, F), (n, F, 2)
-    recalled = det.sum(axis=1) >= 0.5 * F
+    drawn = _drawn(detections)
+    recalled = drawn[colors]
 
     score = VideoScore(num_objects=len(colors), objects_detected=int(recalled.sum()))
     for k in np.flatnonzero(recalled):
         score.shapes_checked += 1
-        ratio = float(np.nanmedian(detections.fill[colors[k]]))
-        score.shapes_correct += _shape_from_fill(ratio) == split_category(graph.object_names[k])[1]
+        score.shapes_correct += _drawn_shape(detections, colors[k]) == split_category(graph.object_names[k])[1]
     absent = [c for c in range(len(_PALETTE)) if c not in colors]
-    score.spurious = int((detections.detected[absent].sum(axis=1) >= 0.5 * F).sum())
+    score.spurious = int(drawn[absent].sum())
 
     if graph.relationships:
         in_span = active_triples([rel.span for rel in graph.relationships], F).numpy().T  # (T, F)
