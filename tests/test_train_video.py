@@ -16,7 +16,8 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from diffusers import DDIMScheduler, DDPMScheduler, UNet3DConditionModel
 from peft import LoraConfig
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tiny_models import tiny_encoder, tiny_pipeline, tiny_text_encoder, tiny_unet, tiny_vae
 
 from sg2vid_diffusers import SceneGraphEncoder, SceneGraphToVideoPipeline, collate_scene_graphs
@@ -519,6 +520,15 @@ def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):
     moved = [work / "cache_vae_moved" if arg == work / "cache_vae" else arg for arg in run]
     train(*moved, *common(work, out, "--max_train_steps", 4, "--resume_from_checkpoint", "latest"))
     assert (out / "latent_cache.safetensors").stat().st_mtime_ns == stamp
+    # A fine-tune run from the saved pipeline finds the cache there instead of encoding every clip again:
+    # the start's cache is marked (same key, shifted means) to tell a reuse from a new encoding.
+    with safe_open(str(out / "latent_cache.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    save_file({"mean": cache["mean"] + 1, "std": cache["std"]}, str(out / "latent_cache.safetensors"), metadata=metadata)
+    train("--pretrained_model_name_or_path", out, "--cache_latents", *common(work, work / "fine_tuned", "--max_train_steps", 1))
+    torch.testing.assert_close(load_file(work / "fine_tuned" / "latent_cache.safetensors")["mean"], cache["mean"] + 1)
+    save_file(cache, str(out / "latent_cache.safetensors"), metadata=metadata)
+    stamp = (out / "latent_cache.safetensors").stat().st_mtime_ns
     tiny_vae(seed=5).save_pretrained(work / "cache_vae")  # another VAE: the cache is made again
     train(*run, *common(work, out, "--max_train_steps", 5, "--resume_from_checkpoint", "latest"))
     assert (out / "latent_cache.safetensors").stat().st_mtime_ns != stamp

@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -159,7 +160,8 @@ def parse_args(argv=None):
         "--cache_latents",
         action="store_true",
         help="Encode every training clip once (the frozen VAE's latent mean and std, kept in memory and in "
-        "OUTPUT_DIR/latent_cache.safetensors for resumed runs) and draw each step's latents from them: "
+        "OUTPUT_DIR/latent_cache.safetensors for resumed runs; a fine-tune run reuses the one in the pipeline folder "
+        "it starts from when it was made from the same VAE and data) and draw each step's latents from them: "
         "the VAE then costs nothing per step.",
     )
 
@@ -390,8 +392,10 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
     """The latent distribution of every training clip under the frozen VAE, computed once (on the main
     process, in batches, with a progress bar) and stored in OUTPUT_DIR/latent_cache.safetensors; a run
     that finds a cache made from the same VAE (weights and config, not where it was loaded from) and
-    data reuses it."""
+    data reuses it: its own (a resumed run) or, for a fine-tune run, the one in the pipeline folder it
+    starts from (a folder this script saved), linked or copied into OUTPUT_DIR."""
     path = Path(args.output_dir) / LATENT_CACHE_NAME
+    start = Path(args.pretrained_model_name_or_path) / LATENT_CACHE_NAME if args.pretrained_model_name_or_path else None
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
@@ -401,14 +405,26 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
         sort_keys=True, default=str,
     )  # fmt: skip
 
+    def matches(file):
+        if file is None or not file.is_file():
+            return False
+        with safe_open(str(file), "pt") as f:
+            return (f.metadata() or {}).get("key") == key
+
     def read():
-        if not path.is_file():
+        if not matches(path):
             return None
         with safe_open(str(path), "pt") as f:
-            if f.metadata().get("key") != key:
-                return None
             return f.get_tensor("mean"), f.get_tensor("std")
 
+    if accelerator.is_main_process and not matches(path) and start != path and matches(start):
+        with atomic_path(path) as tmp:
+            tmp.unlink()
+            try:
+                os.link(start, tmp)  # no second copy of a cache that can be hundreds of MB
+            except OSError:
+                shutil.copyfile(start, tmp)
+        logger.info(f"latents: reusing the cache of {start.parent}")
     cached = read() if accelerator.is_main_process else None
     if accelerator.is_main_process and cached is None:
         loader = DataLoader(
