@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from sg2vid_diffusers import SceneGraph, SceneGraphError
-from sg2vid_diffusers.data.sg_shapes import COLORS, OPPOSITE_PREDICATES, SGShapesClip, ShapeTrack, generate_clip
+from sg2vid_diffusers.data.sg_shapes import (
+    COLORS,
+    DYNAMIC_PREDICATES,
+    OPPOSITE_PREDICATES,
+    PREDICATES,
+    SGShapesClip,
+    ShapeTrack,
+    generate_clip,
+)
 from sg2vid_diffusers.evaluation.conformance import detect_objects, score_video, summarize
 from sg2vid_diffusers.scene_graph import Relationship, SceneObject
 
@@ -21,6 +29,23 @@ def test_ground_truth_clips_score_100_percent(clips):
     assert report.graph_accuracy == 1.0
     assert report.shape_accuracy == 1.0
     assert report.spurious_per_video == 0.0
+    assert list(report.by_predicate) == list(PREDICATES)  # every predicate occurs, in vocabulary order
+    assert all(row["accuracy"] == 1.0 for row in report.by_predicate.values())
+
+
+def test_frozen_videos_fail_the_dynamic_predicates_only_and_the_report_says_so(clips):
+    """A video that never moves (each clip's first frame, repeated) keeps its layout: the per-predicate
+    figures tell "no motion" from "wrong place", which the overall relation accuracy mixes."""
+    report = summarize(score_video(np.repeat(clip.render()[:1], 16, axis=0), graph) for clip, graph in clips)
+    rows = report.by_predicate
+    assert sum(row["triples"] for row in rows.values()) == report.num_triples
+    for predicate in PREDICATES:
+        if predicate in DYNAMIC_PREDICATES:
+            assert rows[predicate]["accuracy"] == 0.0, predicate
+        else:  # wrong only where a timed triple's span excludes the first frame and the objects cross
+            assert rows[predicate]["accuracy"] > 0.8, predicate
+    table = report.format_table()
+    assert "  moving toward" in table and f"({rows['moving toward']['triples']} triples)" in table
 
 
 def test_swapped_predicates_fail(clips):

@@ -25,6 +25,7 @@ from ..batching import active_triples
 from ..data.sg_shapes import (
     COLORS,
     DYNAMIC_PREDICATES,
+    PREDICATES,
     SHAPE_STAMPS,
     SGShapesClip,
     check_sg_shapes_graph,
@@ -112,6 +113,7 @@ class VideoScore:
     objects_detected: int
     triples: list[bool] = field(default_factory=list)
     timed: list[bool] = field(default_factory=list)  # per triple: has a time span
+    predicates: list[str] = field(default_factory=list)  # per triple
     shapes_checked: int = 0
     shapes_correct: int = 0
     spurious: int = 0
@@ -160,6 +162,7 @@ def score_detections(detections: Detections, graph: SceneGraph) -> VideoScore:
     for t, rel in enumerate(graph.relationships):
         frames = np.flatnonzero(in_span[t])
         score.timed.append(rel.time is not None)
+        score.predicates.append(rel.predicate)
         score.triples.append(bool(frames.size) and _triple_holds(rel.predicate, det, cen, rel.subject, rel.object, frames))
     return score
 
@@ -234,6 +237,8 @@ class ConformanceReport:
     spurious_per_video: float
     num_triples: int
     num_timed_triples: int
+    # per predicate of the vocabulary that occurs: {"accuracy": satisfied / triples, "triples": n}
+    by_predicate: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -251,6 +256,9 @@ class ConformanceReport:
             ("graph accuracy", f"{self.graph_accuracy:.3f}"),
             ("shape accuracy", "n/a" if self.shape_accuracy is None else f"{self.shape_accuracy:.3f}"),
             ("spurious objects per video", f"{self.spurious_per_video:.3f}"),
+        ] + [("relation accuracy per predicate", "")] * bool(self.by_predicate) + [
+            (f"  {predicate}", f"{row['accuracy']:.3f}  ({row['triples']} triples)")
+            for predicate, row in self.by_predicate.items()
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -278,7 +286,24 @@ def summarize(scores: Iterable[VideoScore]) -> ConformanceReport:
         spurious_per_video=sum(s.spurious for s in scores) / len(scores),
         num_triples=len(triples),
         num_timed_triples=len(timed),
+        by_predicate=_by_predicate(scores),
     )
+
+
+def _by_predicate(scores: list[VideoScore]) -> dict[str, dict[str, float | int]]:
+    """Relation accuracy per predicate, in vocabulary order (only predicates that occur). Static and
+    dynamic predicates fail for different reasons: a wrong place, or no motion."""
+    tally: dict[str, list[int]] = {}
+    for s in scores:
+        for predicate, ok in zip(s.predicates, s.triples, strict=True):
+            counts = tally.setdefault(predicate, [0, 0])
+            counts[0] += ok
+            counts[1] += 1
+    order = {p: i for i, p in enumerate(PREDICATES)}
+    return {
+        p: {"accuracy": ok / n, "triples": n}
+        for p, (ok, n) in sorted(tally.items(), key=lambda item: order.get(item[0], len(order)))
+    }
 
 
 def score_many(videos: Sequence[np.ndarray], graphs: Sequence[SceneGraph]) -> ConformanceReport:
