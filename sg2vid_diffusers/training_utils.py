@@ -105,7 +105,8 @@ class GraphConditionedDenoiser(nn.Module):
 
         With ``frame_starts`` ((B,) long) the latents are windows of F consecutive frames of clips of
         ``num_clip_frames`` frames (:func:`take_frame_windows`): the graph context is computed for the
-        whole clip, so that time spans keep their meaning, and each window gets its own frames' tokens.
+        whole clip, so that time spans keep their meaning, and each window gets its own frames' tokens
+        and, for a UNet with frame times, its own frames' times in the clip.
         """
         num_frames = noisy_latents.shape[2]
         if frame_starts is not None and num_clip_frames is None:
@@ -118,9 +119,14 @@ class GraphConditionedDenoiser(nn.Module):
                 context = encode_graph_context(self.sg_encoder, self.unet, graphs, num_clip_frames, drop=drop)
                 context = _window_context(context, frame_starts, num_clip_frames, num_frames)
             object_vectors = self.sg_encoder.object_vectors(graphs) if return_object_vectors else None
+        frame_times = None  # the default: the F frames are a whole clip
+        if frame_starts is not None:
+            frames = frame_starts.to(noisy_latents.device)[:, None] + torch.arange(num_frames, device=noisy_latents.device)
+            frame_times = frames.float() / num_clip_frames  # (B, F), as the clip's frames count them
         sample = self.unet(
-            noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states, graph_context=context
-        ).sample
+            noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states, graph_context=context,
+            frame_times=frame_times,
+        ).sample  # fmt: skip
         return (sample, object_vectors) if return_object_vectors else sample
 
 

@@ -171,6 +171,23 @@ def test_graph_positions_are_added_to_a_trained_pipeline_and_train_with_the_grap
     assert not (tmp_path / "bad").exists()
 
 
+def test_frame_times_are_added_to_a_trained_pipeline_and_train_on_frame_windows(work, tmp_path):
+    out = tmp_path / "frame_times"
+    train("--pretrained_model_name_or_path", work / "pipe", "--frame_time_dim", 8, "--frame_window", 2,
+          *common(work, out, "--max_train_steps", 2))  # fmt: skip
+    unet, original_unet = weights(out, "unet"), weights(work / "pipe", "unet")
+    new = sorted(set(unet) - set(original_unet))
+    assert new == sorted(f"frame_time_embedding.linear_{i}.{p}" for i in (1, 2) for p in ("weight", "bias"))
+    assert unet["frame_time_embedding.linear_2.weight"].abs().sum() > 0  # trained from zero
+    assert_same(unet, original_unet, [k for k in original_unet if not is_graph_weight(k)])  # frozen backbone
+    assert json.loads((out / "unet" / "config.json").read_text())["frame_time_dim"] == 8
+    generate(out)
+    with pytest.raises(SystemExit):
+        train("--pretrained_model_name_or_path", work / "pipe", "--frame_time_dim", 3,
+              *common(work, tmp_path / "bad", "--max_train_steps", 1))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_layout_bias_is_added_to_a_trained_pipeline_and_trains_with_the_layout_loss(work, tmp_path):
     out = tmp_path / "layout_bias"
     train("--pretrained_model_name_or_path", work / "pipe", "--graph_layout_bias", "--train_sg_encoder",
@@ -430,6 +447,18 @@ def test_frame_windows_take_their_frames_and_their_frames_graph_tokens():
     assert torch.equal(early[0], late[0]) and not torch.allclose(early[1], late[1])  # static graph 0, timed graph 1
     with pytest.raises(ValueError, match="needs num_clip_frames"):
         denoiser(noisy, timesteps, graphs, keep, frame_starts=torch.tensor([0, 0]))
+
+    # A UNet with frame times hears each window frame's time in its clip, not the window's own 0, 1/2.
+    unet.enable_frame_times(8)
+    with torch.no_grad():
+        unet.frame_time_embedding.linear_2.weight.normal_(generator=torch.Generator().manual_seed(4))
+        starts = torch.tensor([1, 2])
+        got = denoiser(noisy, timesteps, graphs, keep, frame_starts=starts, num_clip_frames=4)
+        rows = torch.cat([b * 4 + starts[b] + torch.arange(2) for b in range(2)])
+        sliced = type(full)(full.hidden_states[rows], full.mask[rows])
+        times = (starts[:, None] + torch.arange(2)) / 4
+        torch.testing.assert_close(got, unet(noisy, timesteps, graph_context=sliced, frame_times=times).sample)
+        assert not torch.allclose(got, unet(noisy, timesteps, graph_context=sliced).sample)
 
 
 def test_min_snr_weighting():

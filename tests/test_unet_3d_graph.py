@@ -500,6 +500,63 @@ def test_the_layout_bias_reads_each_tokens_subject_box_and_starts_as_the_model_w
         graph_unet("graph_only").enable_graph_layout_bias()
 
 
+def perturb_frame_times(unet, seed=8):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in unet.frame_time_embedding.linear_2.parameters():
+            param.normal_(generator=gen)
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_frame_times_start_as_the_model_without_them_then_tell_frames_apart(tmp_path, low_cpu_mem_usage):
+    """Without frame times, frames with the same input get the same output wherever they are in the
+    clip but for the temporal convolutions' padding; with them, each frame knows its time."""
+    unet = graph_unet("graph_only")
+    unet.save_pretrained(tmp_path / "plain")
+    gen = torch.Generator().manual_seed(3)
+    still = torch.randn(B, 4, 1, 8, 8, generator=gen).expand(B, 4, F, 8, 8).contiguous()  # one frame, F times
+    context = unet.build_graph_context(*encoder_outputs(), num_frames=F)
+    with torch.no_grad():
+        before = unet(still, 10, graph_context=context).sample
+    loaded = SceneGraphUNet3DConditionModel.from_pretrained(
+        tmp_path / "plain", frame_time_dim=8, low_cpu_mem_usage=low_cpu_mem_usage
+    ).eval()
+    assert loaded.config.frame_time_dim == 8
+    weights = {k: v for k, v in loaded.state_dict().items() if k.startswith("frame_time_embedding.")}
+    assert len(weights) == 4 and all(not v.is_meta for v in weights.values())
+    assert not weights["frame_time_embedding.linear_2.weight"].any() and weights["frame_time_embedding.linear_1.weight"].any()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(still, 10, graph_context=context).sample, before, rtol=0, atol=0)
+
+    unet.enable_frame_times(8)  # in place, the same
+    assert sorted(k for k in unet.state_dict() if k.startswith("frame_time_embedding.")) == sorted(weights)
+    perturb_frame_times(unet)
+    with torch.no_grad():
+        timed = unet(still, 10, graph_context=context).sample
+        assert (timed - before).abs().max() > 1e-3
+        # the default times are the frames of a whole clip, f / F ...
+        whole = torch.arange(F) / F
+        torch.testing.assert_close(unet(still, 10, graph_context=context, frame_times=whole).sample, timed, rtol=0, atol=0)
+        # ... and a frame's output follows its time: reversed times, another output
+        swapped = unet(still, 10, graph_context=context, frame_times=whole.flip(0).expand(B, F)).sample
+        assert (swapped - timed).abs().max() > 1e-3
+        plain_swapped = graph_unet("graph_only")(still, 10, graph_context=context, frame_times=whole.flip(0)).sample
+        torch.testing.assert_close(plain_swapped, before, rtol=0, atol=0)  # a model without frame times ignores them
+        with pytest.raises(ValueError, match=r"frame_times must have shape \(4,\) or \(2, 4\)"):
+            unet(still, 10, graph_context=context, frame_times=torch.zeros(3))
+    unet.save_pretrained(tmp_path / "timed")
+    reloaded = SceneGraphUNet3DConditionModel.from_pretrained(tmp_path / "timed", low_cpu_mem_usage=low_cpu_mem_usage)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(still, 10, graph_context=context).sample, timed, rtol=0, atol=0)
+    reloaded.enable_frame_times(0)
+    assert reloaded.frame_time_embedding is None and reloaded.config.frame_time_dim == 0
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(still, 10, graph_context=context).sample, before, rtol=0, atol=0)
+    for bad in (-2, 3, 2.0, True):
+        with pytest.raises(ValueError, match="frame_time_dim must be 0 or a positive even number"):
+            SceneGraphUNet3DConditionModel(**BASE, **GRAPH, frame_time_dim=bad)
+
+
 def test_bad_graph_position_dims_are_clear_errors():
     for bad in (-4, 6, 2.0):
         with pytest.raises(ValueError, match="graph_position_dim must be 0 or a positive multiple of 4"):

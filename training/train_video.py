@@ -147,6 +147,15 @@ def parse_args(argv=None):
         "Default: the model's own (0 for a new one unless --unet_config sets it).",
     )
     model.add_argument(
+        "--frame_time_dim",
+        type=int,
+        default=None,
+        help="Give the UNet frame times with Fourier features of this width (an even number; ours: UNet3D has no "
+        "frame positions, so it cannot follow motion a graph asks for): a new embedding that starts at zero, so a "
+        "trained model keeps its output until it trains. With --frame_window, each window frame gets its time in "
+        "the clip. Default: the model's own (0 for a new one unless --unet_config sets it).",
+    )
+    model.add_argument(
         "--graph_layout_bias",
         action="store_true",
         help="Give the graph attention the layout bias (ours): queries inside the box that the encoder infers "
@@ -230,6 +239,8 @@ def parse_args(argv=None):
         parser.error(f"--layout_loss_weight must be >= 0, got {args.layout_loss_weight}")
     if args.graph_position_dim is not None and (args.graph_position_dim < 0 or args.graph_position_dim % 4):
         parser.error(f"--graph_position_dim must be 0 or a positive multiple of 4, got {args.graph_position_dim}")
+    if args.frame_time_dim is not None and (args.frame_time_dim < 0 or args.frame_time_dim % 2):
+        parser.error(f"--frame_time_dim must be 0 or a positive even number, got {args.frame_time_dim}")
     if args.layout_loss_weight > 0 and not args.train_sg_encoder:
         parser.error("--layout_loss_weight trains the graph encoder: add --train_sg_encoder")
     return args
@@ -285,6 +296,8 @@ def load_models(args):
         unet.enable_graph_positions(args.graph_position_dim)
     if args.graph_layout_bias and not unet.config.graph_layout_bias:
         unet.enable_graph_layout_bias()
+    if args.frame_time_dim is not None and args.frame_time_dim != unet.config.frame_time_dim:
+        unet.enable_frame_times(args.frame_time_dim)
     if sg_encoder.vocab is None:
         raise ValueError("the scene-graph encoder has no vocabulary (vocab.json beside its weights)")
     width = sg_encoder.config.output_dim

@@ -37,7 +37,13 @@ from .graph_attention import (
     install_graph_processors,
 )
 
-__all__ = ["GraphContext", "SceneGraphUNet3DConditionModel", "is_graph_weight", "lora_target_modules"]
+__all__ = [
+    "GraphContext",
+    "SceneGraphUNet3DConditionModel",
+    "frame_time_features",
+    "is_graph_weight",
+    "lora_target_modules",
+]
 
 
 @dataclass
@@ -86,8 +92,45 @@ class GraphContext:
 
 
 def is_graph_weight(key: str) -> bool:
-    """Whether a state-dict key belongs to the graph conditioning rather than to ``UNet3DConditionModel``."""
-    return key.startswith(("graph_local_proj.", "graph_global_proj.", "null_graph_token")) or ".processor." in key
+    """Whether a state-dict key belongs to what this model adds to ``UNet3DConditionModel`` (the graph
+    conditioning, and the frame-time embedding) rather than to ``UNet3DConditionModel`` itself."""
+    prefixes = ("graph_local_proj.", "graph_global_proj.", "null_graph_token", "frame_time_embedding.")
+    return key.startswith(prefixes) or ".processor." in key
+
+
+def frame_time_features(times: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed Fourier features of frame times: (...) times, each frame's place in its clip as a fraction
+    (frame f of F at f / F, as time spans count it) -> (..., dim) float32 ``sin`` and ``cos`` at
+    frequencies pi * 2**k, k < dim / 2 (the lowest one tells the start of a clip from its end)."""
+    if dim <= 0 or dim % 2:
+        raise ValueError(f"dim must be a positive even number, got {dim!r}")
+    frequencies = torch.pi * 2.0 ** torch.arange(dim // 2, device=times.device, dtype=torch.float32)
+    angles = times.float()[..., None] * frequencies
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class FrameTimeEmbedding(nn.Module):
+    """Frame times -> a per-frame addition to the UNet's time embedding: ``frame_time_features``, then
+    Linear, SiLU, Linear. The last layer starts at zero, so a model given frame times keeps its output
+    until they train."""
+
+    def __init__(self, dim: int, embedding_dim: int):
+        super().__init__()
+        self.dim = dim
+        self.linear_1 = nn.Linear(dim, embedding_dim)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(embedding_dim, embedding_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.linear_1.reset_parameters()
+        nn.init.zeros_(self.linear_2.weight)
+        nn.init.zeros_(self.linear_2.bias)
+
+    def forward(self, times: torch.Tensor) -> torch.Tensor:
+        features = frame_time_features(times, self.dim).to(self.linear_1.weight.dtype)
+        return self.linear_2(self.act(self.linear_1(features)))
 
 
 class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
@@ -118,6 +161,12 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
       is read off the token and the graph attention adds ``layout_scale`` (per head, zero at the
       start) times "how much the query lies inside that box" to its scores: the denoiser is told
       where each object goes instead of having to learn to decode it.
+    - Frame times (``frame_time_dim > 0``, off by default): ``UNet3DConditionModel`` has no frame
+      positions (its temporal attention has no position embedding and every frame gets the same time
+      embedding), so only the temporal convolutions' padding tells a frame where it is in the clip,
+      and motion that a graph asks for ("moving toward") has no clock to follow. Each frame's time in
+      its clip, through :class:`FrameTimeEmbedding` (zero at the start), is added to the time
+      embedding of that frame.
 
     Args:
         sample_size ... time_cond_proj_dim: as ``UNet3DConditionModel``.
@@ -128,11 +177,13 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             A model saved without them loads with them (``from_pretrained(..., graph_position_dim=16)``)
             and gives the same output until trained.
         graph_layout_bias: give the graph attention the layout bias (the same: zero at the start).
+        frame_time_dim: width of the frame-time features, an even number (0: none); the same again:
+            a model saved without them loads with them and gives the same output until trained.
 
     Weight names are those of ``UNet3DConditionModel`` plus ``graph_local_proj``,
     ``graph_global_proj``, ``null_graph_token``, in decoupled mode
     ``*.attn2.processor.to_k_graph`` / ``to_v_graph``, with positions ``*.attn2.processor.to_q_pos``
-    and with the layout bias ``*.attn2.processor.layout_scale``. The attention processors are the graph ones of
+    and with the layout bias ``*.attn2.processor.layout_scale``, with frame times ``frame_time_embedding.*``. The attention processors are the graph ones of
     ``graph_attention.py``; :meth:`set_default_attn_processor` and the xformers switches keep them.
     ``set_attention_slice`` and ``fuse_qkv_projections`` would replace them and raise instead.
 
@@ -179,10 +230,12 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_global_dim: int = 512,
         graph_position_dim: int = 0,
         graph_layout_bias: bool = False,
+        frame_time_dim: int = 0,
     ):
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
         _check_graph_attention_options(graph_position_dim, graph_layout_bias, graph_token_dim, graph_global_dim)
+        _check_frame_time_dim(frame_time_dim)
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -208,6 +261,14 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         self.graph_global_proj = nn.Linear(graph_global_dim, cross_attention_dim)
         self.null_graph_token = nn.Parameter(torch.randn(cross_attention_dim) * cross_attention_dim**-0.5)
         install_graph_processors(self, graph_mode, position_dim=graph_position_dim, layout_bias=graph_layout_bias)
+        self.frame_time_embedding = self._new_frame_time_embedding(frame_time_dim)
+
+    def _new_frame_time_embedding(self, dim: int) -> FrameTimeEmbedding | None:
+        if not dim:
+            return None
+        weight = self.time_embedding.linear_2.weight
+        module = FrameTimeEmbedding(dim, self.time_embedding.linear_2.out_features)
+        return module.to(device=weight.device if not weight.is_meta else None, dtype=weight.dtype)
 
     # ------------------------------------------------------------------ graph context
 
@@ -315,6 +376,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
         return_dict: bool = True,
+        frame_times: torch.Tensor | None = None,
     ) -> UNet3DConditionOutput | tuple[torch.Tensor]:
         r"""Denoise a batch of video latents.
 
@@ -335,6 +397,10 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             down_block_additional_residuals, mid_block_additional_residual: ControlNet-style
                 residuals, as ``UNet3DConditionModel``.
             return_dict: return a ``UNet3DConditionOutput`` rather than a tuple.
+            frame_times: (F,) or (B, F) each frame's place in its clip, a fraction (frame f of a clip of
+                F at f / F, as time spans count it); default: the F frames are a whole clip. Read by a
+                model with ``frame_time_dim > 0`` only; training on windows of longer clips passes the
+                windows' times.
 
         Returns:
             ``UNet3DConditionOutput`` with ``sample`` (B, C_out, F, h, w), or ``(sample,)``.
@@ -366,6 +432,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         # 1. time: one embedding per video, repeated per frame (frames are folded into the batch)
         emb = self._time_embedding(timestep, timestep_cond, sample)  # (B, E)
         emb = emb.repeat_interleave(num_frames, dim=0)  # (B*F, E)
+        if self.frame_time_embedding is not None:  # ... plus each frame's own time in its clip
+            emb = emb + self.frame_time_embedding(self._frame_times(frame_times, batch_size, num_frames, sample))
         encoder_hidden_states = encoder_hidden_states.repeat_interleave(num_frames, dim=0)  # (B*F, T, C)
 
         # 2. pre-process
@@ -470,6 +538,20 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             f"frames: expected B*F={batch_size * num_frames} (per frame) or B={batch_size} (per video)"
         )
 
+    @staticmethod
+    def _frame_times(
+        frame_times: torch.Tensor | None, batch_size: int, num_frames: int, sample: torch.Tensor
+    ) -> torch.Tensor:
+        """(B*F,) frame times, checked; the default: frame f of the sample's F frames at f / F."""
+        if frame_times is None:
+            frame_times = torch.arange(num_frames, device=sample.device, dtype=torch.float32) / num_frames
+        if frame_times.shape not in ((num_frames,), (batch_size, num_frames)):
+            raise ValueError(
+                f"frame_times must have shape ({num_frames},) or ({batch_size}, {num_frames}) for a sample of "
+                f"B={batch_size} videos of F={num_frames} frames, got {tuple(frame_times.shape)}"
+            )
+        return frame_times.to(sample.device).expand(batch_size, num_frames).reshape(-1)
+
     def _time_embedding(
         self, timestep: torch.Tensor | float | int, timestep_cond: torch.Tensor | None, sample: torch.Tensor
     ) -> torch.Tensor:
@@ -571,8 +653,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
     def initialize_graph_weights(self, keys: Iterable[str] | None = None) -> None:
         """(Re)initialise graph weights as a new model has them: the projections as ``nn.Linear``
         does, ``null_graph_token`` ~ N(0, 1/C), decoupled processors from their layer's ``to_k``
-        (``DecoupledGraphAttnProcessor.reset_parameters``), position projections at zero. Meta tensors
-        are materialised.
+        (``DecoupledGraphAttnProcessor.reset_parameters``), position projections and the frame-time
+        embedding's last layer at zero. Meta tensors are materialised.
 
         Args:
             keys: state-dict keys; only the modules that own them are reset (None: all graph weights).
@@ -596,6 +678,10 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 self.null_graph_token = nn.Parameter(token.to(self.null_graph_token.dtype))
             else:
                 self.null_graph_token.copy_(token)
+        if self.frame_time_embedding is not None and wanted("frame_time_embedding."):
+            if self.frame_time_embedding.linear_1.weight.is_meta:
+                self.frame_time_embedding.to_empty(device=device)
+            self.frame_time_embedding.reset_parameters()
         for name, module in self.named_modules():
             if not isinstance(module, Attention) or not wanted(f"{name}.processor."):
                 continue
@@ -622,6 +708,15 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         _check_graph_attention_options(config.graph_position_dim, enabled, config.graph_token_dim, config.graph_global_dim)
         self.register_to_config(graph_layout_bias=bool(enabled))
         self._reinstall_graph_processors()
+
+    def enable_frame_times(self, dim: int) -> None:
+        """Give the model frame times of feature width ``dim`` (0 removes them), keeping every other
+        weight: a new :class:`FrameTimeEmbedding` ends at zero, so the output is unchanged until it
+        trains. The config's ``frame_time_dim`` follows (saved with the model). For a trained model,
+        before fine-tuning it to move objects when its graphs ask for motion."""
+        _check_frame_time_dim(dim)
+        self.register_to_config(frame_time_dim=dim)
+        self.frame_time_embedding = self._new_frame_time_embedding(dim)
 
     def _reinstall_graph_processors(self) -> None:
         """The config's graph processors again, SDPA or xformers as they are now, weights kept."""
@@ -661,6 +756,11 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
 
     def fuse_qkv_projections(self) -> None:
         raise NotImplementedError("fused QKV projections would replace the graph attention processors")
+
+
+def _check_frame_time_dim(dim) -> None:
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 or dim % 2:
+        raise ValueError(f"frame_time_dim must be 0 or a positive even number, got {dim!r}")
 
 
 def _check_graph_attention_options(position_dim, layout_bias: bool, token_dim: int, global_dim: int) -> None:
