@@ -24,7 +24,7 @@ from torch import nn
 
 from .batching import SceneGraphBatch
 from .conditioning import encode_graph_context
-from .models.sg_encoder import SceneGraphEncoder, layout_readout
+from .models.sg_encoder import SceneGraphEncoder, layout_readout, motion_readout
 from .models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel, is_graph_weight
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "GraphConditionedDenoiser",
     "layout_loss",
     "layout_readout",
+    "motion_readout",
+    "clip_motion",
     "diffusion_loss",
     "diffusion_target",
     "encode_videos",
@@ -130,7 +132,9 @@ class GraphConditionedDenoiser(nn.Module):
         return (sample, object_vectors) if return_object_vectors else sample
 
 
-def layout_loss(object_vectors: torch.Tensor, object_boxes: torch.Tensor, maskable: torch.Tensor) -> torch.Tensor:
+def layout_loss(
+    object_vectors: torch.Tensor, object_boxes: torch.Tensor, maskable: torch.Tensor, motion: bool = False
+) -> torch.Tensor:
     """Layout supervision of the graph encoder (ours; SGDiff has none): a fixed projection of each
     object's vector to 4 numbers (:func:`layout_readout`) is regressed onto its box ``[x0, y0, x1, y1]``,
     averaged over the clip's frames and mapped to [-1, 1].
@@ -147,6 +151,9 @@ def layout_loss(object_vectors: torch.Tensor, object_boxes: torch.Tensor, maskab
         object_vectors: (O, D) from :meth:`SceneGraphEncoder.object_vectors`, D >= 4.
         object_boxes: (O, F, 4) boxes ``[x0, y0, x1, y1]`` as fractions, rows as ``object_vectors``.
         maskable: (O,) bool, the rows with boxes (no ``__image__`` node).
+        motion: also regress, through :func:`motion_readout`, how far each box moves over the clip:
+            the least-squares slope of its coordinates over the frames times the number of frames
+            (what the UNet's ``graph_layout_motion`` reads). The two mean squared errors are added.
 
     Returns:
         The mean squared error over the rows with boxes (0, still differentiable, when there is none).
@@ -161,9 +168,26 @@ def layout_loss(object_vectors: torch.Tensor, object_boxes: torch.Tensor, maskab
     vectors = object_vectors[maskable].float()
     if vectors.shape[0] == 0:
         return object_vectors.sum() * 0.0
+    boxes = object_boxes[maskable].float() * 2 - 1  # (O', F, 4) in [-1, 1]
     predicted = vectors @ layout_readout(vectors.shape[1]).to(vectors.device)  # (O', 4)
-    target = object_boxes[maskable].float().mean(dim=1) * 2 - 1  # (O', 4)
-    return torch.nn.functional.mse_loss(predicted, target)
+    loss = torch.nn.functional.mse_loss(predicted, boxes.mean(dim=1))
+    if motion:
+        loss = loss + torch.nn.functional.mse_loss(vectors @ motion_readout(vectors.shape[1]).to(vectors.device), clip_motion(boxes))
+    return loss
+
+
+def clip_motion(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., F, 4) boxes over a clip's frames -> (..., 4) how far they move over the clip: the
+    least-squares slope per frame times F (0 for a single frame). For constant-velocity motion, the
+    box at frame f is the clip-mean box plus ((f + 0.5) / F - 0.5) times this."""
+    num_frames = boxes.shape[-2]
+    frames = torch.arange(num_frames, dtype=boxes.dtype, device=boxes.device)
+    centred = frames - frames.mean()
+    spread = (centred**2).sum()
+    if spread == 0:
+        return torch.zeros_like(boxes[..., 0, :])
+    slope = (centred[:, None] * (boxes - boxes.mean(dim=-2, keepdim=True))).sum(dim=-2) / spread
+    return slope * num_frames
 
 
 def sample_frame_windows(

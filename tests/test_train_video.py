@@ -32,8 +32,10 @@ from sg2vid_diffusers.training_utils import (
     GraphConditionedDenoiser,
     diffusion_loss,
     encode_videos,
+    clip_motion,
     layout_loss,
     layout_readout,
+    motion_readout,
     resize_videos,
     sample_frame_windows,
     sample_graph_dropout,
@@ -184,6 +186,21 @@ def test_frame_times_are_added_to_a_trained_pipeline_and_train_on_frame_windows(
     generate(out)
     with pytest.raises(SystemExit):
         train("--pretrained_model_name_or_path", work / "pipe", "--frame_time_dim", 3,
+              *common(work, tmp_path / "bad", "--max_train_steps", 1))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_moving_layout_is_added_to_a_trained_pipeline_and_its_gate_trains(work, tmp_path):
+    out = tmp_path / "layout_motion"
+    train("--pretrained_model_name_or_path", work / "pipe", "--graph_layout_bias", "--graph_layout_motion",
+          "--train_sg_encoder", "--layout_loss_weight", 1, "--frame_window", 2,
+          *common(work, out, "--max_train_steps", 2))  # fmt: skip
+    unet = weights(out, "unet")
+    assert unet["graph_layout_motion_gate"].abs() > 0  # trained from zero
+    assert json.loads((out / "unet" / "config.json").read_text())["graph_layout_motion"] is True
+    generate(out)
+    with pytest.raises(SystemExit):
+        train("--pretrained_model_name_or_path", work / "pipe", "--graph_layout_bias", "--graph_layout_motion",
               *common(work, tmp_path / "bad", "--max_train_steps", 1))  # fmt: skip
     assert not (tmp_path / "bad").exists()
 
@@ -587,6 +604,31 @@ def test_layout_loss_regresses_a_fixed_projection_onto_the_clip_mean_box():
         layout_loss(vectors[:, :3], boxes, maskable)
     with pytest.raises(ValueError, match=r"object_boxes must be \(3, F, 4\)"):
         layout_loss(vectors, boxes[:2], maskable)
+
+
+def test_the_layout_loss_motion_term_regresses_how_far_each_box_moves_over_the_clip():
+    readout, moves = layout_readout(10), motion_readout(10)
+    torch.testing.assert_close(moves.T @ moves, torch.eye(4))
+    torch.testing.assert_close(readout.T @ moves, torch.zeros(4, 4), rtol=0, atol=1e-6)  # reads another thing
+    assert torch.equal(moves, motion_readout(10))
+    with pytest.raises(ValueError, match="width >= 8"):
+        motion_readout(6)
+    # a box moving right at 0.05 per frame (fractions) over 4 frames, one standing still
+    frames = torch.arange(4.0)[:, None]
+    moving = torch.tensor([0.1, 0.4, 0.3, 0.6]) + frames * torch.tensor([0.05, 0.0, 0.05, 0.0])
+    boxes = torch.stack([moving, torch.tensor([[0.2, 0.2, 0.4, 0.4]] * 4)])  # (2, 4, 4)
+    motion = clip_motion(boxes * 2 - 1)
+    torch.testing.assert_close(motion, torch.tensor([[0.4, 0.0, 0.4, 0.0], [0.0] * 4]))  # 0.1 per frame x 4 frames
+    centres = ((torch.arange(4.0) + 0.5) / 4 - 0.5)[:, None]  # the mean box plus centre x motion is each frame's
+    torch.testing.assert_close((boxes * 2 - 1).mean(dim=1)[0] + centres * motion[0], boxes[0] * 2 - 1)
+    assert torch.equal(clip_motion(torch.ones(3, 1, 4)), torch.zeros(3, 4))
+
+    maskable = torch.tensor([True, True])
+    vectors = (boxes * 2 - 1).mean(dim=1) @ readout.T + motion @ moves.T  # reads both right
+    assert layout_loss(vectors, boxes, maskable, motion=True).item() == pytest.approx(0.0, abs=1e-10)
+    still = (boxes * 2 - 1).mean(dim=1) @ readout.T  # right place, no motion
+    assert layout_loss(still, boxes, maskable).item() == pytest.approx(0.0, abs=1e-10)  # the old loss: no motion term
+    assert layout_loss(still, boxes, maskable, motion=True).item() == pytest.approx((2 * 0.4**2) / 8, rel=1e-5)
 
 
 def test_object_vectors_are_the_subject_and_object_thirds_of_the_local_tokens():

@@ -557,6 +557,59 @@ def test_frame_times_start_as_the_model_without_them_then_tell_frames_apart(tmp_
             SceneGraphUNet3DConditionModel(**BASE, **GRAPH, frame_time_dim=bad)
 
 
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_the_moving_layout_moves_each_frames_box_through_a_gate_that_starts_at_zero(tmp_path, low_cpu_mem_usage):
+    from sg2vid_diffusers.models.sg_encoder import layout_readout, motion_readout
+
+    widths = dict(graph_token_dim=3 * 8, graph_global_dim=8)
+    torch.manual_seed(0)
+    still = SceneGraphUNet3DConditionModel(**BASE, **widths, graph_layout_bias=True).eval()
+    with torch.no_grad():
+        for name, param in still.named_parameters():
+            if name.endswith("layout_scale"):  # a trained layout bias
+                param.fill_(0.5)
+    still.save_pretrained(tmp_path / "still")
+    moving = SceneGraphUNet3DConditionModel.from_pretrained(
+        tmp_path / "still", graph_layout_motion=True, low_cpu_mem_usage=low_cpu_mem_usage
+    ).eval()
+    assert moving.config.graph_layout_motion and not moving.graph_layout_motion_gate.is_meta
+    assert moving.graph_layout_motion_gate.item() == 0.0
+    _, mask, _ = encoder_outputs()
+    gen = torch.Generator().manual_seed(6)
+    tokens, global_embeds = torch.randn(B, N, 24, generator=gen) * mask[..., None], torch.randn(B, 8, generator=gen)
+    context = moving.build_graph_context(tokens, mask, global_embeds, num_frames=F)
+    torch.testing.assert_close(context.boxes, still.build_graph_context(tokens, mask, global_embeds, num_frames=F).boxes,
+                               equal_nan=True)  # fmt: skip
+    sample, text = inputs()
+    with torch.no_grad():
+        before = still(sample, 10, text, graph_context=context).sample
+        torch.testing.assert_close(moving(sample, 10, text, graph_context=context).sample, before, rtol=0, atol=0)
+        moving.graph_layout_motion_gate.fill_(0.1)  # x LAYOUT_MOTION_GAIN 10: the whole move
+        moved = moving.build_graph_context(tokens, mask, global_embeds, num_frames=F)
+    boxes = moved.boxes.view(B, F, N + 1, 4)[:, :, :N]
+    mean = tokens[..., :8] @ layout_readout(8)  # (B, N, 4)
+    move = tokens[..., :8] @ motion_readout(8)
+    centres = (torch.arange(F) + 0.5) / F - 0.5
+    torch.testing.assert_close(boxes, mean[:, None] + centres[None, :, None, None] * move[:, None])
+    torch.testing.assert_close(boxes.mean(dim=1), mean)  # the frames' boxes average to the clip's
+    assert moved.boxes.view(B, F, N + 1, 4)[:, :, N].isnan().all()  # the global token still has none
+    with torch.no_grad():
+        assert (moving(sample, 10, text, graph_context=moved).sample - before).abs().max() > 1e-4
+    moving.save_pretrained(tmp_path / "moving")
+    reloaded = SceneGraphUNet3DConditionModel.from_pretrained(tmp_path / "moving", low_cpu_mem_usage=low_cpu_mem_usage)
+    assert reloaded.graph_layout_motion_gate.item() == pytest.approx(0.1)
+
+    with pytest.raises(ValueError, match="switch it off first"):
+        moving.enable_graph_layout_bias(False)
+    moving.enable_graph_layout_motion(False)
+    assert moving.graph_layout_motion_gate is None and not moving.config.graph_layout_motion
+    with pytest.raises(ValueError, match="needs graph_layout_bias"):
+        SceneGraphUNet3DConditionModel(**BASE, **widths, graph_layout_motion=True)
+    with pytest.raises(ValueError, match="graph_global_dim >= 8"):
+        SceneGraphUNet3DConditionModel(**BASE, graph_token_dim=18, graph_global_dim=6, graph_layout_bias=True,
+                                       graph_layout_motion=True)  # fmt: skip
+
+
 def test_bad_graph_position_dims_are_clear_errors():
     for bad in (-4, 6, 2.0):
         with pytest.raises(ValueError, match="graph_position_dim must be 0 or a positive multiple of 4"):

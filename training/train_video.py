@@ -156,6 +156,13 @@ def parse_args(argv=None):
         "the clip. Default: the model's own (0 for a new one unless --unet_config sets it).",
     )
     model.add_argument(
+        "--graph_layout_motion",
+        action="store_true",
+        help="Move the layout bias's boxes over the clip (ours): the layout loss also regresses how far each "
+        "object's box moves over the clip (needs --layout_loss_weight > 0 and the layout bias), and each frame's "
+        "box follows, through a gate that starts at zero, so a trained model keeps its output until it trains.",
+    )
+    model.add_argument(
         "--graph_layout_bias",
         action="store_true",
         help="Give the graph attention the layout bias (ours): queries inside the box that the encoder infers "
@@ -241,6 +248,8 @@ def parse_args(argv=None):
         parser.error(f"--graph_position_dim must be 0 or a positive multiple of 4, got {args.graph_position_dim}")
     if args.frame_time_dim is not None and (args.frame_time_dim < 0 or args.frame_time_dim % 2):
         parser.error(f"--frame_time_dim must be 0 or a positive even number, got {args.frame_time_dim}")
+    if args.graph_layout_motion and args.layout_loss_weight <= 0:
+        parser.error("--graph_layout_motion trains with the layout loss: give --layout_loss_weight > 0")
     if args.layout_loss_weight > 0 and not args.train_sg_encoder:
         parser.error("--layout_loss_weight trains the graph encoder: add --train_sg_encoder")
     return args
@@ -298,6 +307,10 @@ def load_models(args):
         unet.enable_graph_layout_bias()
     if args.frame_time_dim is not None and args.frame_time_dim != unet.config.frame_time_dim:
         unet.enable_frame_times(args.frame_time_dim)
+    if args.graph_layout_motion and not unet.config.graph_layout_motion:
+        unet.enable_graph_layout_motion()
+    if unet.config.graph_layout_motion and args.layout_loss_weight <= 0:
+        raise ValueError("a UNet with graph_layout_motion trains with the layout loss: give --layout_loss_weight > 0")
     if sg_encoder.vocab is None:
         raise ValueError("the scene-graph encoder has no vocabulary (vocab.json beside its weights)")
     width = sg_encoder.config.output_dim
@@ -823,7 +836,9 @@ def main(args):
                 )  # fmt: skip
                 if args.layout_loss_weight > 0:
                     model_pred, object_vectors = model_pred
-                    layout = layout_loss(object_vectors, batch.object_boxes, batch.maskable)
+                    layout = layout_loss(
+                        object_vectors, batch.object_boxes, batch.maskable, motion=unet.config.graph_layout_motion
+                    )
                     step_layout_loss += layout.item() / args.gradient_accumulation_steps
                 loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
                 accelerator.backward((loss + args.layout_loss_weight * layout) / args.gradient_accumulation_steps)

@@ -51,6 +51,24 @@ def layout_readout(width: int) -> torch.Tensor:
     return _layout_readout(width).clone()
 
 
+@functools.lru_cache(maxsize=8)
+def _motion_readout(width: int) -> torch.Tensor:
+    layout = _layout_readout(width).double()
+    draw = torch.randn(width, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return torch.linalg.qr(draw - layout @ (layout.T @ draw)).Q.float()
+
+
+def motion_readout(width: int) -> torch.Tensor:
+    """(width, 4) the fixed readout of the layout loss's motion term (``layout_loss(..., motion=True)``):
+    orthonormal columns drawn from seed 1, orthogonal to :func:`layout_readout`'s. ``object vector @
+    motion_readout(D)`` is how far the object's box ``[x0, y0, x1, y1]`` moves over the whole clip
+    (in the same [-1, 1] units) in the encoder's inferred layout; the UNet's moving layout bias
+    (``graph_layout_motion``) reads it to place each object at each frame's time."""
+    if width < 8:
+        raise ValueError(f"the motion readout needs object vectors of width >= 8, got {width}")
+    return _motion_readout(width).clone()
+
+
 def _mlp(dims: list[int]) -> nn.Sequential:
     """Linear, ReLU, Linear, ReLU, ...: sg2im's ``build_mlp`` without normalisation or dropout, with
     the final ReLU SGDiff keeps (so Linear layers sit at indices 0, 2, ... as in its checkpoints)."""

@@ -27,7 +27,7 @@ from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device
 from einops import rearrange
 from torch import nn
 
-from .sg_encoder import layout_readout
+from .sg_encoder import layout_readout, motion_readout
 from .graph_attention import (
     GRAPH_MODES,
     DecoupledGraphAttnProcessor,
@@ -94,8 +94,13 @@ class GraphContext:
 def is_graph_weight(key: str) -> bool:
     """Whether a state-dict key belongs to what this model adds to ``UNet3DConditionModel`` (the graph
     conditioning, and the frame-time embedding) rather than to ``UNet3DConditionModel`` itself."""
-    prefixes = ("graph_local_proj.", "graph_global_proj.", "null_graph_token", "frame_time_embedding.")
+    prefixes = ("graph_local_proj.", "graph_global_proj.", "null_graph_token", "frame_time_embedding.", "graph_layout_motion_gate")
     return key.startswith(prefixes) or ".processor." in key
+
+
+# ``graph_layout_motion_gate`` is stored divided by this, as ``layout_scale`` is (graph_attention.py):
+# Adam moves a weight by about the learning rate per step, and the gate should open in hundreds.
+LAYOUT_MOTION_GAIN = 10.0
 
 
 def frame_time_features(times: torch.Tensor, dim: int) -> torch.Tensor:
@@ -167,6 +172,11 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
       and motion that a graph asks for ("moving toward") has no clock to follow. Each frame's time in
       its clip, through :class:`FrameTimeEmbedding` (zero at the start), is added to the time
       embedding of that frame.
+    - Moving layout (``graph_layout_motion``, off by default, with the layout bias): for an encoder
+      trained with the layout loss's motion term, each token's subject box moves over the clip by
+      what :func:`~sg2vid_diffusers.models.sg_encoder.motion_readout` reads off the token, so the
+      layout bias places a moving object where it is at each frame, through a learned gate
+      ``graph_layout_motion_gate`` that starts at zero.
 
     Args:
         sample_size ... time_cond_proj_dim: as ``UNet3DConditionModel``.
@@ -179,6 +189,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_layout_bias: give the graph attention the layout bias (the same: zero at the start).
         frame_time_dim: width of the frame-time features, an even number (0: none); the same again:
             a model saved without them loads with them and gives the same output until trained.
+        graph_layout_motion: move the layout bias's boxes over the clip (needs ``graph_layout_bias``
+            and ``graph_global_dim >= 8``; the same: the gate is zero at the start).
 
     Weight names are those of ``UNet3DConditionModel`` plus ``graph_local_proj``,
     ``graph_global_proj``, ``null_graph_token``, in decoupled mode
@@ -231,11 +243,13 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         graph_position_dim: int = 0,
         graph_layout_bias: bool = False,
         frame_time_dim: int = 0,
+        graph_layout_motion: bool = False,
     ):
         if graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {graph_mode!r}")
         _check_graph_attention_options(graph_position_dim, graph_layout_bias, graph_token_dim, graph_global_dim)
         _check_frame_time_dim(frame_time_dim)
+        _check_layout_motion(graph_layout_motion, graph_layout_bias, graph_global_dim)
         super().__init__(
             sample_size=sample_size,
             in_channels=in_channels,
@@ -262,6 +276,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         self.null_graph_token = nn.Parameter(torch.randn(cross_attention_dim) * cross_attention_dim**-0.5)
         install_graph_processors(self, graph_mode, position_dim=graph_position_dim, layout_bias=graph_layout_bias)
         self.frame_time_embedding = self._new_frame_time_embedding(frame_time_dim)
+        self.graph_layout_motion_gate = nn.Parameter(torch.zeros(())) if graph_layout_motion else None
 
     def _new_frame_time_embedding(self, dim: int) -> FrameTimeEmbedding | None:
         if not dim:
@@ -296,7 +311,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             ``[graph_local_proj(local tokens), graph_global_proj(global)]`` (masked tokens zeroed),
             ``mask`` (B*F, N + 1), the global token always True, and with the layout bias ``boxes``
             (B*F, N + 1, 4): each local token's subject vector (its first third) through
-            ``layout_readout``, NaN for the global token.
+            ``layout_readout``, NaN for the global token; with ``graph_layout_motion``, plus the
+            gate times ((f + 0.5) / F - 0.5) times the vector through ``motion_readout`` in frame f.
         """
         if global_embeds.ndim != 2:
             raise ValueError(f"global_embeds must have shape (B, Dg), got {tuple(global_embeds.shape)}")
@@ -332,7 +348,13 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         if self.config.graph_layout_bias:
             width = self.config.graph_global_dim  # the config guarantees graph_token_dim = 3 x width
             readout = layout_readout(width).to(local_tokens.device)
-            boxes = local_tokens[..., :width].float() @ readout  # (B, F or 1, N, 4)
+            subjects = local_tokens[..., :width].float()
+            boxes = subjects @ readout  # (B, F or 1, N, 4)
+            if self.config.graph_layout_motion:  # each frame's box: its centre time's place in the clip
+                centres = (torch.arange(num_frames, device=boxes.device) + 0.5) / num_frames - 0.5
+                moves = subjects @ motion_readout(width).to(boxes.device)  # over the whole clip
+                gate = self.graph_layout_motion_gate.float() * LAYOUT_MOTION_GAIN
+                boxes = boxes + gate * centres[None, :, None, None] * moves
             boxes = boxes.expand(batch_size, num_frames, num_local, 4)
             boxes = torch.cat([boxes, boxes.new_full((batch_size, num_frames, 1, 4), float("nan"))], dim=2)
             boxes = rearrange(boxes, "b f l c -> (b f) l c")
@@ -678,6 +700,11 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 self.null_graph_token = nn.Parameter(token.to(self.null_graph_token.dtype))
             else:
                 self.null_graph_token.copy_(token)
+        if self.graph_layout_motion_gate is not None and wanted("graph_layout_motion_gate"):
+            if self.graph_layout_motion_gate.is_meta:
+                self.graph_layout_motion_gate = nn.Parameter(torch.zeros((), device=device))
+            else:
+                self.graph_layout_motion_gate.zero_()
         if self.frame_time_embedding is not None and wanted("frame_time_embedding."):
             if self.frame_time_embedding.linear_1.weight.is_meta:
                 self.frame_time_embedding.to_empty(device=device)
@@ -706,6 +733,8 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         encoder trained with the layout loss gives boxes worth reading."""
         config = self.config
         _check_graph_attention_options(config.graph_position_dim, enabled, config.graph_token_dim, config.graph_global_dim)
+        if not enabled and config.graph_layout_motion:
+            raise ValueError("graph_layout_motion moves the layout bias's boxes: switch it off first")
         self.register_to_config(graph_layout_bias=bool(enabled))
         self._reinstall_graph_processors()
 
@@ -717,6 +746,15 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         _check_frame_time_dim(dim)
         self.register_to_config(frame_time_dim=dim)
         self.frame_time_embedding = self._new_frame_time_embedding(dim)
+
+    def enable_graph_layout_motion(self, enabled: bool = True) -> None:
+        """Switch the moving layout on (a new gate at zero: the output is unchanged until it trains) or
+        off, keeping every other weight; the config's ``graph_layout_motion`` follows. Only an encoder
+        trained with the layout loss's motion term gives moves worth reading."""
+        _check_layout_motion(enabled, self.config.graph_layout_bias, self.config.graph_global_dim)
+        self.register_to_config(graph_layout_motion=bool(enabled))
+        device = self.conv_in.weight.device
+        self.graph_layout_motion_gate = nn.Parameter(torch.zeros((), device=device)) if enabled else None
 
     def _reinstall_graph_processors(self) -> None:
         """The config's graph processors again, SDPA or xformers as they are now, weights kept."""
@@ -756,6 +794,13 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
 
     def fuse_qkv_projections(self) -> None:
         raise NotImplementedError("fused QKV projections would replace the graph attention processors")
+
+
+def _check_layout_motion(motion: bool, layout_bias: bool, global_dim: int) -> None:
+    if motion and not layout_bias:
+        raise ValueError("graph_layout_motion moves the layout bias's boxes: it needs graph_layout_bias")
+    if motion and global_dim < 8:
+        raise ValueError(f"graph_layout_motion needs graph_global_dim >= 8 (the motion readout), got {global_dim}")
 
 
 def _check_frame_time_dim(dim) -> None:
