@@ -123,7 +123,7 @@ class GraphConditionedDenoiser(nn.Module):
             object_vectors = self.sg_encoder.object_vectors(graphs) if return_object_vectors else None
         frame_times = None  # the default: the F frames are a whole clip
         if frame_starts is not None:
-            frames = frame_starts.to(noisy_latents.device)[:, None] + torch.arange(num_frames, device=noisy_latents.device)
+            frames = _window_frames(frame_starts, num_frames, noisy_latents.device)
             frame_times = frames.float() / num_clip_frames  # (B, F), as the clip's frames count them
         sample = self.unet(
             noisy_latents, timesteps, encoder_hidden_states=encoder_hidden_states, graph_context=context,
@@ -200,9 +200,14 @@ def sample_frame_windows(
     return torch.randint(0, num_frames - window + 1, (batch_size,), generator=generator)
 
 
+def _window_frames(frame_starts: torch.Tensor, window: int, device: torch.device) -> torch.Tensor:
+    """(B, W) the clip frames of each window: ``start .. start + window - 1``."""
+    return frame_starts.to(device)[:, None] + torch.arange(window, device=device)
+
+
 def _take_frames(x: torch.Tensor, frame_starts: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     """Frames ``start .. start + window - 1`` of each sample along ``dim`` (dim 0 is the batch)."""
-    index = frame_starts.to(x.device)[:, None] + torch.arange(window, device=x.device)  # (B, W)
+    index = _window_frames(frame_starts, window, x.device)  # (B, W)
     shape = [index.shape[0] if d == 0 else window if d == dim else 1 for d in range(x.ndim)]
     return x.gather(dim, index.view(shape).expand(*[window if d == dim else x.shape[d] for d in range(x.ndim)]))
 

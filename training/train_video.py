@@ -431,19 +431,17 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
         sort_keys=True, default=str,
     )  # fmt: skip
 
-    def matches(file):
+    def read(file, tensors=True):
+        """The cache's (mean, std) (or True, with tensors=False) when ``file`` holds one with this key."""
         if file is None or not file.is_file():
-            return False
-        with safe_open(str(file), "pt") as f:
-            return (f.metadata() or {}).get("key") == key
-
-    def read():
-        if not matches(path):
             return None
-        with safe_open(str(path), "pt") as f:
-            return f.get_tensor("mean"), f.get_tensor("std")
+        with safe_open(str(file), "pt") as f:
+            if (f.metadata() or {}).get("key") != key:
+                return None
+            return (f.get_tensor("mean"), f.get_tensor("std")) if tensors else True
 
-    if accelerator.is_main_process and not matches(path) and start != path and matches(start):
+    cached = read(path) if accelerator.is_main_process else None
+    if accelerator.is_main_process and cached is None and start != path and read(start, tensors=False):
         with atomic_path(path) as tmp:
             tmp.unlink()
             try:
@@ -451,7 +449,7 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
             except OSError:
                 shutil.copyfile(start, tmp)
         logger.info(f"latents: reusing the cache of {start.parent}")
-    cached = read() if accelerator.is_main_process else None
+        cached = read(path)
     if accelerator.is_main_process and cached is None:
         loader = DataLoader(
             train_set, batch_size=8, collate_fn=functools.partial(collate, vocab=vocab),
@@ -467,7 +465,7 @@ def cache_latents(train_set, vae, args, accelerator, vocab):
         with atomic_path(path) as tmp:
             save_file({"mean": cached[0], "std": cached[1]}, str(tmp), metadata={"key": key})
     accelerator.wait_for_everyone()
-    mean, std = cached if cached is not None else read()
+    mean, std = cached if cached is not None else read(path)
     # Boxes only feed the layout loss: without it a corpus is not read a second time for them.
     boxes = clip_boxes(train_set, args) if args.layout_loss_weight > 0 else [None] * len(train_set)
     return CachedLatentClips(mean, std, clip_scene_graphs(train_set), boxes, train_set.captions)

@@ -167,16 +167,24 @@ def score_detections(detections: Detections, graph: SceneGraph) -> VideoScore:
     return score
 
 
+def _distance_change(det: np.ndarray, cen: np.ndarray, s: int, o: int, frames: np.ndarray) -> float | None:
+    """How the distance between objects s and o changes over ``frames`` (a triple's span): the mean of
+    its last two frames minus that of its first two; None unless both are detected at those ends."""
+    ends = np.r_[frames[:2], frames[-2:]]
+    if frames.size < 2 or not (det[s, ends] & det[o, ends]).all():
+        return None
+    distance = np.linalg.norm(cen[s, ends] - cen[o, ends], axis=-1)
+    return float(distance[2:].mean() - distance[:2].mean())
+
+
 def _triple_holds(predicate: str, det: np.ndarray, cen: np.ndarray, s: int, o: int, frames: np.ndarray) -> bool:
+    if predicate in DYNAMIC_PREDICATES:
+        change = _distance_change(det, cen, s, o, frames)
+        if change is None:
+            return False
+        return change <= -DYNAMIC_MIN_CHANGE if predicate == "moving toward" else change >= DYNAMIC_MIN_CHANGE
     both = det[s, frames] & det[o, frames]
     cs, co = cen[s, frames], cen[o, frames]
-    if predicate in DYNAMIC_PREDICATES:
-        ends = np.r_[frames[:2], frames[-2:]]
-        if frames.size < 2 or not (det[s, ends] & det[o, ends]).all():
-            return False
-        distance = np.linalg.norm(cs - co, axis=-1)
-        change = distance[-2:].mean() - distance[:2].mean()
-        return bool(change <= -DYNAMIC_MIN_CHANGE if predicate == "moving toward" else change >= DYNAMIC_MIN_CHANGE)
     if both.sum() < STATIC_DETECTED_SHARE * frames.size or not both.any():
         return False
     cs, co = cs[both], co[both]

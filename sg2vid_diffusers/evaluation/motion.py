@@ -17,7 +17,7 @@ import numpy as np
 from ..batching import active_triples
 from ..data.sg_shapes import DYNAMIC_PREDICATES
 from ..scene_graph import SceneGraph, parse_scene_graph
-from .conformance import _color_index, detect_objects
+from .conformance import _color_index, _distance_change, detect_objects
 
 __all__ = ["MotionReport", "dynamic_triple_motion"]
 
@@ -87,12 +87,11 @@ def dynamic_triple_motion(videos_and_graphs: Iterable[tuple[np.ndarray, SceneGra
             rel = graph.relationships[t]
             span = np.flatnonzero(in_span[t])
             s, o = colors[rel.subject], colors[rel.object]
-            ends = np.r_[span[:2], span[-2:]]
-            if span.size < 2 or not (det.detected[s, ends] & det.detected[o, ends]).all():
+            change = _distance_change(det.detected, det.centers, s, o, span)  # the metric's own figure
+            if change is None:
                 report.undrawn += 1
                 continue
-            distance = np.linalg.norm(det.centers[s, span] - det.centers[o, span], axis=-1)
-            report.changes[rel.predicate].append(float(np.nanmean(distance[-2:]) - np.nanmean(distance[:2])))
+            report.changes[rel.predicate].append(change)
             seen = span[det.detected[s, span]]
             report.speeds.append(float(np.linalg.norm(det.centers[s, seen[-1]] - det.centers[s, seen[0]]) / (seen[-1] - seen[0])))
     return report
