@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sg2vid_diffusers.evaluation.sensitivity import encoder_layout_accuracy, graph_sensitivity
+from sg2vid_diffusers.evaluation.sensitivity import encoder_layout_accuracy, encoder_motion_accuracy, graph_sensitivity
 from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from tiny_models import tiny_pipeline
 
@@ -81,6 +81,48 @@ def test_the_layout_an_encoder_infers_obeys_the_relations_once_the_layout_loss_t
         "num_triples": 0, "accuracy": None}  # fmt: skip
 
 
+def test_the_motion_an_encoder_infers_is_scored_by_the_metric_s_own_rule():
+    """An encoder whose object vectors read out each clip's true clip-mean boxes and moves (what the
+    layout loss's motion term regresses onto) satisfies every dynamic triple; without the moves, or
+    with them reversed, none."""
+    from sg2vid_diffusers.data.sg_shapes import generate_clip
+    from sg2vid_diffusers.models.sg_encoder import layout_readout, motion_readout
+    from sg2vid_diffusers.training_utils import clip_motion
+    from tiny_models import tiny_encoder
+
+    clips = [(clip, graph) for clip, graph in (generate_clip("train", i) for i in range(30))
+             if any(r.predicate.startswith("moving") for r in graph.relationships)]  # fmt: skip
+    assert len(clips) >= 8
+
+    class OracleEncoder(type(tiny_encoder())):
+        """object_vectors of the i-th graph encoded: vectors whose readouts are clip i's boxes."""
+
+        def object_vectors(self, batch):
+            clip = next(self.queue)
+            boxes = torch.as_tensor(clip.boxes(), dtype=torch.float32).transpose(0, 1) * 2 - 1  # (n, F, 4)
+            targets = torch.cat([boxes.mean(dim=1), clip_motion(boxes)], dim=1)  # (n, 8)
+            targets = torch.cat([targets, targets.new_zeros(1, 8)])  # the __image__ node
+            width = self.config.output_dim
+            readout = torch.cat([layout_readout(width), motion_readout(width)], dim=1)  # orthonormal columns
+            assert batch.objs.shape[0] == targets.shape[0]
+            return targets @ readout.T
+
+    encoder = OracleEncoder.from_config(tiny_encoder().config)
+    encoder.vocab = tiny_encoder().vocab
+    graphs = [graph for _, graph in clips]
+    results = {}
+    for gain in (1.0, 0.0, -1.0):
+        encoder.queue = iter([clip for clip, _ in clips])
+        results[gain] = encoder_motion_accuracy(encoder, graphs, gain=gain)
+    dynamic = sum(r.predicate.startswith("moving") for g in graphs for r in g.relationships)
+    assert results[1.0]["num_triples"] == dynamic and results[1.0]["accuracy"] == 1.0, results
+    assert results[1.0]["median_change"]["moving toward"] < -5 < 5 < results[1.0]["median_change"]["moving away from"]
+    assert results[0.0]["accuracy"] == 0 and results[0.0]["median_change"]["moving toward"] == 0  # every object still
+    assert results[-1.0]["accuracy"] == 0, results  # moves reversed: toward becomes away
+    assert encoder_motion_accuracy(tiny_encoder(), [parse_scene_graphs(GRAPHS, vocab=encoder.vocab)[1]]) == {
+        "num_triples": 0, "accuracy": None, "median_change": {"moving toward": None, "moving away from": None}}  # fmt: skip
+
+
 def test_bad_timesteps_and_empty_graph_lists_fail_clearly():
     pipe = tiny_pipeline()
     with pytest.raises(ValueError, match="timesteps: 100 is outside"):
@@ -100,6 +142,8 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 graphs (1 with predicates to flip)" in result.stdout and "mean" in result.stdout
     assert "encoder" in result.stdout and "the encoder's inferred layout satisfies" in result.stdout
+    # 2 frames: the moving triple's span [0, 0.5] is one frame, which the metric cannot score either
+    assert "the encoder's inferred motion satisfies n/a of 0 dynamic triples" in result.stdout
 
     pipe.sg_encoder.save_pretrained(tmp_path / "encoder")  # the encoder alone: its row, the same figures
     command = [sys.executable, str(ROOT / "training" / "graph_sensitivity.py"), "--encoder", str(tmp_path / "encoder"),
@@ -108,6 +152,7 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     alone = __import__("json").loads(result.stdout)
     assert alone["num_with_predicates"] == 1
+    assert alone["motion"]["num_triples"] == 1 and alone["motion"]["accuracy"] in (0.0, 1.0)  # 16 frames by default
     heard = probe(pipe)["encoder"]
     assert alone["object_category"] == pytest.approx(heard["object_category"], rel=1e-5)
     assert alone["predicates"] == pytest.approx(heard["predicates"], rel=1e-5)

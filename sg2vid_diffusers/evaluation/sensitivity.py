@@ -12,7 +12,9 @@ model section).
 The same changes are measured on the graph encoder's local tokens (``"encoder"``): a UNet cannot
 react to a predicate its tokens barely carry. For an encoder trained with the layout loss,
 :func:`encoder_layout_accuracy` says whether the layout it infers obeys the graph's static spatial
-relations, i.e. whether the "where" is there for the denoiser to draw.
+relations, i.e. whether the "where" is there for the denoiser to draw, and, for one trained with
+its motion term, :func:`encoder_motion_accuracy` whether the motion it infers makes the dynamic
+triples hold (what the moving layout bias, ``graph_layout_motion``, hands the denoiser).
 
 This measures sensitivity, not correctness (``sg2vid evaluate`` does that): a large figure is
 necessary for conformance, not sufficient.
@@ -27,10 +29,10 @@ import torch
 
 from ..batching import collate_scene_graphs
 from ..conditioning import encode_graph_context
-from ..data.sg_shapes import OPPOSITE_PREDICATES, STATIC_PREDICATES, _static_holds
+from ..data.sg_shapes import DYNAMIC_PREDICATES, OPPOSITE_PREDICATES, STATIC_PREDICATES, _static_holds
 from ..scene_graph import SceneGraph
 
-__all__ = ["encoder_layout_accuracy", "encoder_sensitivity", "graph_sensitivity"]
+__all__ = ["encoder_layout_accuracy", "encoder_motion_accuracy", "encoder_sensitivity", "graph_sensitivity"]
 
 
 def _other_category(name: str, categories: Sequence[str]) -> str:
@@ -119,6 +121,61 @@ def encoder_layout_accuracy(encoder, graphs: Iterable[SceneGraph], margin_px: fl
             holds = _static_holds(rel.predicate, centres[None, rel.subject], centres[None, rel.object], margin_px)
             satisfied += bool(holds[0])
     return {"num_triples": total, "accuracy": satisfied / total if total else None}
+
+
+@torch.no_grad()
+def encoder_motion_accuracy(
+    encoder, graphs: Iterable[SceneGraph], num_frames: int = 16, frame_size: int = 64, gain: float = 1.0
+) -> dict:
+    """The share of dynamic triples (``moving toward``, ``moving away from``) that the encoder's
+    inferred motion satisfies by the conformance metric's own rule (the two objects' distance, mean
+    of the span's last two frames minus its first two, changes by at least
+    ``DYNAMIC_MIN_CHANGE`` = 5 px the right way), with each object at frame f of ``num_frames`` in
+    its clip-mean box (:func:`~sg2vid_diffusers.models.sg_encoder.layout_readout`) plus
+    ``gain * ((f + 0.5) / F - 0.5)`` times its move (:func:`~sg2vid_diffusers.models.sg_encoder.motion_readout`),
+    the boxes the moving layout bias gives the UNet when its gate is ``gain``. Also the median
+    distance change of each predicate, in px. Meaningful only for an encoder trained with the layout
+    loss's motion term (others move their objects at random); needs ``output_dim >= 8``.
+
+    Returns:
+        ``{"num_triples": T, "accuracy": a or None, "median_change": {predicate: px or None}}``.
+    """
+    import numpy as np
+
+    from ..batching import active_triples
+    from ..models.sg_encoder import layout_readout, motion_readout
+    from .conformance import DYNAMIC_MIN_CHANGE, _distance_change
+
+    if encoder.vocab is None:
+        raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
+    width = encoder.config.output_dim
+    readout = torch.cat([layout_readout(width), motion_readout(width)], dim=1).to(encoder.device)
+    times = (torch.arange(num_frames, dtype=torch.float32) + 0.5) / num_frames - 0.5  # (F,)
+    changes: dict[str, list[float]] = {predicate: [] for predicate in DYNAMIC_PREDICATES}
+    satisfied = 0
+    for graph in graphs:
+        dynamic = [t for t, rel in enumerate(graph.relationships) if rel.predicate in DYNAMIC_PREDICATES]
+        if not dynamic:
+            continue
+        vectors = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device))
+        mean, move = (vectors.float() @ readout).cpu().split(4, dim=1)  # (O, 4) each: objects, then __image__
+        boxes = mean[:, None] + gain * times[None, :, None] * move[:, None]  # (O, F, 4) in [-1, 1]
+        centres = (((boxes[..., :2] + boxes[..., 2:]) / 2 + 1) / 2 * frame_size).numpy()  # (O, F, 2) px
+        drawn = np.ones(centres.shape[:2], dtype=bool)
+        in_span = active_triples([rel.span for rel in graph.relationships], num_frames).numpy().T  # (T, F)
+        for t in dynamic:
+            rel = graph.relationships[t]
+            change = _distance_change(drawn, centres, rel.subject, rel.object, np.flatnonzero(in_span[t]))
+            if change is None:  # a span of under two frames: the metric cannot score it either
+                continue
+            changes[rel.predicate].append(change)
+            satisfied += change <= -DYNAMIC_MIN_CHANGE if rel.predicate == "moving toward" else change >= DYNAMIC_MIN_CHANGE
+    total = sum(len(c) for c in changes.values())
+    return {
+        "num_triples": total,
+        "accuracy": satisfied / total if total else None,
+        "median_change": {p: float(np.median(c)) if c else None for p, c in changes.items()},
+    }
 
 
 @torch.no_grad()
