@@ -177,12 +177,15 @@ def _distance_change(det: np.ndarray, cen: np.ndarray, s: int, o: int, frames: n
     return float(distance[2:].mean() - distance[:2].mean())
 
 
+def _dynamic_holds(predicate: str, change: float) -> bool:
+    """Whether a distance change (:func:`_distance_change`) satisfies a dynamic predicate."""
+    return change <= -DYNAMIC_MIN_CHANGE if predicate == "moving toward" else change >= DYNAMIC_MIN_CHANGE
+
+
 def _triple_holds(predicate: str, det: np.ndarray, cen: np.ndarray, s: int, o: int, frames: np.ndarray) -> bool:
     if predicate in DYNAMIC_PREDICATES:
         change = _distance_change(det, cen, s, o, frames)
-        if change is None:
-            return False
-        return change <= -DYNAMIC_MIN_CHANGE if predicate == "moving toward" else change >= DYNAMIC_MIN_CHANGE
+        return change is not None and _dynamic_holds(predicate, change)
     both = det[s, frames] & det[o, frames]
     cs, co = cen[s, frames], cen[o, frames]
     if both.sum() < STATIC_DETECTED_SHARE * frames.size or not both.any():

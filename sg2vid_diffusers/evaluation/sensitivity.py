@@ -25,9 +25,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
-from ..batching import collate_scene_graphs
+from ..batching import active_triples, collate_scene_graphs
 from ..conditioning import encode_graph_context
 from ..data.sg_shapes import DYNAMIC_PREDICATES, OPPOSITE_PREDICATES, STATIC_PREDICATES, _static_holds
 from ..scene_graph import SceneGraph
@@ -93,6 +94,11 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
     }
 
 
+def _centres_px(boxes: torch.Tensor, frame_size: int) -> torch.Tensor:
+    """(..., 4) inferred boxes ``[x0, y0, x1, y1]`` in [-1, 1] -> (..., 2) their centres in px."""
+    return ((boxes[..., :2] + boxes[..., 2:]) / 2 + 1) / 2 * frame_size
+
+
 @torch.no_grad()
 def encoder_layout_accuracy(encoder, graphs: Iterable[SceneGraph], margin_px: float = 2.0, frame_size: int = 64) -> dict:
     """The share of whole-clip static spatial triples (SG-Shapes' ``left of``, ``right of``, ``above``,
@@ -112,8 +118,7 @@ def encoder_layout_accuracy(encoder, graphs: Iterable[SceneGraph], margin_px: fl
     total = satisfied = 0
     for graph in graphs:
         boxes = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device)).float() @ readout
-        centres = ((boxes[:, :2] + boxes[:, 2:]) / 2 + 1) / 2 * frame_size  # (O, 2) px: objects, then __image__
-        centres = centres.cpu().numpy()
+        centres = _centres_px(boxes, frame_size).cpu().numpy()  # (O, 2): objects, then __image__
         for rel in graph.relationships:
             if rel.predicate not in STATIC_PREDICATES or rel.time is not None:
                 continue
@@ -140,17 +145,14 @@ def encoder_motion_accuracy(
     Returns:
         ``{"num_triples": T, "accuracy": a or None, "median_change": {predicate: px or None}}``.
     """
-    import numpy as np
-
-    from ..batching import active_triples
-    from ..models.sg_encoder import layout_readout, motion_readout
-    from .conformance import DYNAMIC_MIN_CHANGE, _distance_change
+    from ..models.sg_encoder import layout_readout, motion_frame_offsets, motion_readout
+    from .conformance import _distance_change, _dynamic_holds
 
     if encoder.vocab is None:
         raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
     width = encoder.config.output_dim
     readout = torch.cat([layout_readout(width), motion_readout(width)], dim=1).to(encoder.device)
-    times = (torch.arange(num_frames, dtype=torch.float32) + 0.5) / num_frames - 0.5  # (F,)
+    times = motion_frame_offsets(num_frames)  # (F,)
     changes: dict[str, list[float]] = {predicate: [] for predicate in DYNAMIC_PREDICATES}
     satisfied = 0
     for graph in graphs:
@@ -160,7 +162,7 @@ def encoder_motion_accuracy(
         vectors = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device))
         mean, move = (vectors.float() @ readout).cpu().split(4, dim=1)  # (O, 4) each: objects, then __image__
         boxes = mean[:, None] + gain * times[None, :, None] * move[:, None]  # (O, F, 4) in [-1, 1]
-        centres = (((boxes[..., :2] + boxes[..., 2:]) / 2 + 1) / 2 * frame_size).numpy()  # (O, F, 2) px
+        centres = _centres_px(boxes, frame_size).numpy()  # (O, F, 2)
         drawn = np.ones(centres.shape[:2], dtype=bool)
         in_span = active_triples([rel.span for rel in graph.relationships], num_frames).numpy().T  # (T, F)
         for t in dynamic:
@@ -169,7 +171,7 @@ def encoder_motion_accuracy(
             if change is None:  # a span of under two frames: the metric cannot score it either
                 continue
             changes[rel.predicate].append(change)
-            satisfied += change <= -DYNAMIC_MIN_CHANGE if rel.predicate == "moving toward" else change >= DYNAMIC_MIN_CHANGE
+            satisfied += _dynamic_holds(rel.predicate, change)
     total = sum(len(c) for c in changes.values())
     return {
         "num_triples": total,

@@ -69,6 +69,14 @@ def motion_readout(width: int) -> torch.Tensor:
     return _motion_readout(width).clone()
 
 
+def motion_frame_offsets(num_frames: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(F,) where each frame of a clip of F sits along its move: ``(f + 0.5) / F - 0.5``, from about
+    -0.5 to 0.5. In the inferred moving layout, frame f's box is the clip-mean box plus this times the
+    move (:func:`motion_readout`); for constant-velocity motion that is each frame's box exactly
+    (``training_utils.clip_motion``)."""
+    return (torch.arange(num_frames, device=device, dtype=torch.float32) + 0.5) / num_frames - 0.5
+
+
 def _mlp(dims: list[int]) -> nn.Sequential:
     """Linear, ReLU, Linear, ReLU, ...: sg2im's ``build_mlp`` without normalisation or dropout, with
     the final ReLU SGDiff keeps (so Linear layers sit at indices 0, 2, ... as in its checkpoints)."""

@@ -27,7 +27,7 @@ from diffusers.utils.torch_utils import maybe_adjust_dtype_for_device
 from einops import rearrange
 from torch import nn
 
-from .sg_encoder import layout_readout, motion_readout
+from .sg_encoder import layout_readout, motion_frame_offsets, motion_readout
 from .graph_attention import (
     GRAPH_MODES,
     DecoupledGraphAttnProcessor,
@@ -351,7 +351,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             subjects = local_tokens[..., :width].float()
             boxes = subjects @ readout  # (B, F or 1, N, 4)
             if self.config.graph_layout_motion:  # each frame's box: its centre time's place in the clip
-                centres = (torch.arange(num_frames, device=boxes.device) + 0.5) / num_frames - 0.5
+                centres = motion_frame_offsets(num_frames, boxes.device)
                 moves = subjects @ motion_readout(width).to(boxes.device)  # over the whole clip
                 gate = self.graph_layout_motion_gate.float() * LAYOUT_MOTION_GAIN
                 boxes = boxes + gate * centres[None, :, None, None] * moves
