@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -127,6 +128,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-inference-steps", type=int, default=25)
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance (default: the model's default_guidance_scale)")
+    p.add_argument("--motion-scale", type=float, default=None,
+                   help="a moving-layout model's motion, 0 (still) to 1 (as trained) and beyond "
+                        "(default: the model's default_motion_scale)")
     p.add_argument("--batch-size", type=int, default=4, help="videos generated together (.jsonl)")
     p.add_argument("--preview", type=Path, help="also draw the graph beside a strip of frames (PNG), with --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
@@ -150,6 +154,8 @@ def _generate(args: argparse.Namespace) -> int:
     for name in ("num_frames", "num_inference_steps", "batch_size"):
         if getattr(args, name) < 1:
             raise _UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.motion_scale is not None and not (math.isfinite(args.motion_scale) and args.motion_scale >= 0):
+        raise _UsageError(f"--motion-scale must be a finite number >= 0, got {args.motion_scale}")
     graphs = parse_scene_graphs(args.scene_graph)
     if args.output is not None and len(graphs) != 1:
         raise _UsageError(f"--output takes one graph; {args.scene_graph} holds {len(graphs)} (use --output-dir)")
@@ -164,6 +170,8 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         # The CLI computes on the CPU, in float32 whatever the stored precision (fp16 is slow there).
         pipe = SceneGraphToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
+    if args.motion_scale not in (None, 1.0) and not pipe.unet.config.get("graph_layout_motion", False):
+        raise _UsageError(f"--motion-scale {args.motion_scale:g}: this model has no moving layout to scale (leave it out)")
     limits = dict(vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
     if args.output is not None:
         graphs = [parse_scene_graph(graphs[0], **limits)]  # errors name fields without a list prefix
@@ -177,6 +185,7 @@ def _generate(args: argparse.Namespace) -> int:
             num_frames=args.num_frames,
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,
+            motion_scale=args.motion_scale,
             generator=generators,
             drop_graph=args.drop_graph,
         ).frames

@@ -18,6 +18,7 @@ def encode_graph_context(
     graphs: SceneGraphBatch,
     num_frames: int,
     drop: torch.Tensor | None = None,
+    motion_scale: float = 1.0,
 ) -> GraphContext:
     """The UNet's graph context for a batch of graphs: per-frame tokens only when some graph of the
     batch changes over time (otherwise every frame's tokens are the same).
@@ -26,6 +27,7 @@ def encode_graph_context(
         graphs: B graphs (``collate_scene_graphs``), on the encoder's device.
         num_frames: F.
         drop: (B,) bool, the graphs that become the null graph (graph dropout), or None.
+        motion_scale: the moving layout's sampling-time scale (``unet.build_graph_context``).
 
     Returns:
         :class:`GraphContext`, (B*F, N + 1, C) tokens and mask.
@@ -35,4 +37,6 @@ def encode_graph_context(
     local = encoded.frame_local_tokens if dynamic else encoded.local_tokens
     mask = encoded.frame_mask if dynamic else encoded.local_mask
     dtype = unet.dtype
-    return unet.build_graph_context(local.to(dtype), mask, encoded.global_embeds.to(dtype), num_frames, drop=drop)
+    return unet.build_graph_context(
+        local.to(dtype), mask, encoded.global_embeds.to(dtype), num_frames, drop=drop, motion_scale=motion_scale
+    )

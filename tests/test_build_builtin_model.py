@@ -47,12 +47,21 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     guidance = json.loads((tmp_path / "work" / "guidance.json").read_text())
     assert set(guidance["figures"]) == {"1", "4"}
     assert guidance["model"] == {"folder": "video_positions", "steps": 5}  # what it was chosen for
-    assert json.loads((export / "model_index.json").read_text())["default_guidance_scale"] == guidance["chosen"]
+    model_index = json.loads((export / "model_index.json").read_text())
+    assert model_index["default_guidance_scale"] == guidance["chosen"]
+    # The fine-tune leg's moving layout: its motion scale chosen next, at the chosen guidance, and exported.
+    assert set(guidance["motion_figures"]) == {"1", "2"}
+    assert guidance["motion_figures"]["1"] == guidance["figures"][f"{guidance['chosen']:g}"]
+    assert model_index["default_motion_scale"] == guidance["motion_scale"] in (1.0, 2.0)
+    assert (tmp_path / "work" / "guidance" / f"{guidance['chosen']:g}_motion2" / "metadata.jsonl").is_file()
+    assert f"default motion scale {guidance['motion_scale']:g}, the best of (1: " in card
+    assert f"and motion scale {guidance['motion_scale']:g}, seed = graph index" in card
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
     # The smoke preset's three legs, the second on frame windows with the layout loss, the third a
-    # fine-tune with position features in its own run, as the card says.
-    fine_tune_flags = ["--train_unet", "--graph_position_dim", "8", "--frame_window", "2"]
+    # fine-tune with position features and the moving layout in its own run, as the card says.
+    fine_tune_flags = ["--train_unet", "--graph_position_dim", "8", "--frame_window", "2", "--graph_layout_bias",
+                       "--graph_layout_motion", "--layout_loss_weight", "1"]  # fmt: skip
     expected = [(0, 2, [], False), (2, 3, ["--frame_window", "2", "--layout_loss_weight", "1"], False),
                 (3, 5, fine_tune_flags, True)]  # fmt: skip
     assert [(leg["from_step"], leg["to_step"], leg["flags"], leg.get("fine_tune", False)) for leg in legs] == expected
@@ -60,7 +69,8 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert "3->5" in card and "fine-tuned from the pipeline the legs before it saved" in card
     # The fine-tune run trained 2 steps of its own from the pipeline of the first run, and is what was exported.
     assert [p.name for p in sorted((tmp_path / "work" / "video_positions").glob("checkpoint-*"))] == ["checkpoint-1", "checkpoint-2"]
-    assert pipe.unet.config.graph_position_dim == 8
+    assert pipe.unet.config.graph_position_dim == 8 and pipe.unet.config.graph_layout_motion
+    assert pipe.unet.graph_layout_motion_gate.item() != 0  # trained from zero
     positions = [p for name, p in pipe.unet.named_parameters() if name.endswith("to_q_pos.weight")]
     assert positions and all(p.abs().sum() > 0 for p in positions)
 

@@ -101,6 +101,9 @@ def test_a_bad_line_in_a_jsonl_fails_before_anything_is_generated(model_dir, tmp
         (["--output", "v.avi"], "--output must end"),
         (["--output-dir", "d", "--preview", "p.png"], "--preview goes with --output"),
         (["--output", "v.mp4", "--num-frames", "0"], "--num-frames"),
+        (["--output", "v.mp4", "--motion-scale", "-0.5"], "--motion-scale must be a finite number >= 0, got -0.5"),
+        (["--output", "v.mp4", "--motion-scale", "nan"], "--motion-scale must be a finite number >= 0"),
+        (["--output", "v.mp4", "--motion-scale", "2"], "--motion-scale 2: this model has no moving layout"),
     ],
 )
 def test_bad_arguments(model_dir, tmp_path, capsys, extra, message):
@@ -115,3 +118,21 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     path.write_text(json.dumps(GRAPH))
     assert main(["generate", "--scene-graph", str(path), "--output", str(tmp_path / "v.mp4"), "--model", str(tmp_path / "nope")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_motion_scale_reaches_a_moving_layout_model(tmp_path):
+    """--motion-scale is the pipeline's motion_scale: 1 is the model's default, 0 stills the boxes."""
+    from test_pipeline import moving_pipeline
+
+    pipe = moving_pipeline()
+    pipe.save_pretrained(tmp_path / "moving")
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(GRAPH))
+    videos = {}
+    for scale in (None, "1", "0"):
+        out = tmp_path / f"{scale}.npy"
+        extra = [] if scale is None else ["--motion-scale", scale]
+        assert main(["generate", "--scene-graph", str(path), "--output", str(out), "--model", str(tmp_path / "moving")] + FAST + extra) == 0
+        videos[scale] = read_video(out)
+    assert np.array_equal(videos[None], videos["1"])
+    assert not np.array_equal(videos["0"], videos["1"])

@@ -287,3 +287,67 @@ def test_the_default_guidance_travels_with_the_model_and_a_call_can_override_it(
 
 
 GRAPH_FOR_GUIDANCE = {"objects": ["red circle", "blue square"], "relationships": [[0, "left of", 1]]}
+
+
+def moving_pipeline(gate: float = 0.1) -> SceneGraphToVideoPipeline:
+    """The tiny pipeline with a trained-looking moving layout: layout bias on (its scales non-zero)
+    and the motion gate at ``gate``."""
+    pipe = tiny_pipeline()
+    pipe.unet.enable_graph_layout_bias()
+    pipe.unet.enable_graph_layout_motion()
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if name.endswith("layout_scale"):
+                param.fill_(2.0)
+        pipe.unet.graph_layout_motion_gate.fill_(gate)
+    return pipe
+
+
+def test_motion_scale_multiplies_the_moving_layouts_gate_at_sampling_time(tmp_path):
+    pipe = moving_pipeline(gate=0.1)
+    as_trained = _run(pipe, DYNAMIC)
+    np.testing.assert_array_equal(as_trained, _run(pipe, DYNAMIC, motion_scale=1.0))  # the default is the model
+    np.testing.assert_array_equal(as_trained, _run(pipe, DYNAMIC))  # same seed, same video
+    doubled = _run(pipe, DYNAMIC, motion_scale=2.0)
+    still = _run(pipe, DYNAMIC, motion_scale=0.0)
+    assert np.abs(doubled - as_trained).max() > 1e-4 and np.abs(still - as_trained).max() > 1e-4
+    # The scale is the gate's multiplier: scale 2 is a gate twice as large, scale 0 a closed gate.
+    with torch.no_grad():
+        pipe.unet.graph_layout_motion_gate.fill_(0.2)
+    np.testing.assert_allclose(_run(pipe, DYNAMIC), doubled, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        pipe.unet.graph_layout_motion_gate.fill_(0.0)
+    np.testing.assert_allclose(_run(pipe, DYNAMIC), still, atol=1e-6, rtol=0)
+
+    # The default travels with the model (model_index.json); a call overrides it.
+    with torch.no_grad():
+        pipe.unet.graph_layout_motion_gate.fill_(0.1)
+    pipe.register_to_config(default_motion_scale=2.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SceneGraphToVideoPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_motion_scale == 2.0
+    np.testing.assert_allclose(_run(loaded, DYNAMIC), doubled, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_run(loaded, DYNAMIC, motion_scale=1.0), as_trained, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_motion_scales_are_clear_errors_before_any_compute(bad):
+    pipe = moving_pipeline()
+    calls = []
+    with pytest.raises(ValueError, match=r"motion_scale must be a finite number >= 0, got"):
+        pipe(scene_graph=DYNAMIC, motion_scale=bad, callback_on_step_end=lambda *a: calls.append(a), **KW)
+    assert calls == []
+
+
+def test_a_model_without_the_moving_layout_takes_only_motion_scale_one(pipe):
+    assert not pipe.unet.config.graph_layout_motion and pipe.config.default_motion_scale == 1.0
+    np.testing.assert_array_equal(_run(pipe, DYNAMIC, motion_scale=1.0), _run(pipe, DYNAMIC))
+    with pytest.raises(ValueError, match=r"motion_scale=0.5 scales the moving layout, and this UNet has none"):
+        pipe(scene_graph=DYNAMIC, motion_scale=0.5, **KW)
+    # A saved default means nothing to it (a moving model's pipeline folder given another UNet).
+    pipe.register_to_config(default_motion_scale=2.0)
+    try:
+        np.testing.assert_array_equal(_run(pipe, DYNAMIC), _run(pipe, DYNAMIC, motion_scale=1.0))
+    finally:
+        pipe.register_to_config(default_motion_scale=1.0)

@@ -593,6 +593,13 @@ def test_the_moving_layout_moves_each_frames_box_through_a_gate_that_starts_at_z
     torch.testing.assert_close(boxes, mean[:, None] + centres[None, :, None, None] * move[:, None])
     torch.testing.assert_close(boxes.mean(dim=1), mean)  # the frames' boxes average to the clip's
     assert moved.boxes.view(B, F, N + 1, 4)[:, :, N].isnan().all()  # the global token still has none
+    with torch.no_grad():  # a sampling-time scale multiplies the gate: half the move, or none
+        half = moving.build_graph_context(tokens, mask, global_embeds, num_frames=F, motion_scale=0.5)
+        none = moving.build_graph_context(tokens, mask, global_embeds, num_frames=F, motion_scale=0)
+    torch.testing.assert_close(half.boxes.view(B, F, N + 1, 4)[:, :, :N], mean[:, None] + 0.5 * centres[None, :, None, None] * move[:, None])
+    torch.testing.assert_close(none.boxes.view(B, F, N + 1, 4)[:, :, :N], mean[:, None].expand(B, F, N, 4))
+    with pytest.raises(ValueError, match="motion_scale=2 scales the moving layout, and this UNet has none"):
+        still.build_graph_context(tokens, mask, global_embeds, num_frames=F, motion_scale=2)
     with torch.no_grad():
         assert (moving(sample, 10, text, graph_context=moved).sample - before).abs().max() > 1e-4
     moving.save_pretrained(tmp_path / "moving")

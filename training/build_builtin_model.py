@@ -104,6 +104,9 @@ PRESETS = {
         "checkpointing_steps": "250",
         "guidance_scales": [1.0, 2.0, 4.0, 6.0, 8.0],
         "guidance_graphs": 48,
+        # For a model with the moving layout (--graph_layout_motion): its sampling-time motion scale,
+        # chosen at the chosen guidance (the scales a moving model's guidance stage tries).
+        "motion_scales": [1.0, 1.5, 2.0, 2.5, 3.0],
     },
     "smoke": {
         "num_frames": 4,
@@ -122,28 +125,29 @@ PRESETS = {
                  "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"]},
         "video": ["--train_sg_encoder", "--train_batch_size", "2", "--lr_warmup_steps", "0", "--resolution", "32",
                   "--num_validation_inference_steps", "2"],
-        # As the built-in preset's: a leg on windows with the layout loss resumes one without either,
-        # then a fine-tune leg adds position features to the graph attention.
+        # As the built-in presets': a leg on windows with the layout loss resumes one without either,
+        # then a fine-tune leg adds position features, the layout bias and the moving layout.
         "video_legs": [{"max_train_steps": 2},
                        {"max_train_steps": 3, "flags": ["--frame_window", "2", "--layout_loss_weight", "1"]},
                        {"max_train_steps": 5, "fine_tune_into": "video_positions",
-                        "flags": ["--train_unet", "--graph_position_dim", "8", "--frame_window", "2"]}],
+                        "flags": ["--train_unet", "--graph_position_dim", "8", "--frame_window", "2",
+                                  "--graph_layout_bias", "--graph_layout_motion", "--layout_loss_weight", "1"]}],
         "checkpointing_steps": "1",
         "inference": ["--num-inference-steps", "2"],
         "guidance_scales": [1.0, 4.0],
+        "motion_scales": [1.0, 2.0],
         "guidance_graphs": 2,
     },
 }
-# The recipe under trial (README, "Motion"): the shipped recipe, then legs with the moving layout
-# (--graph_layout_motion), each a new run from the last leg's pipeline with the seventh leg's flags.
-# The ninth leg (-> 29,400) was measured and not shipped (timed triples 0.752); the tenth continues it.
+# The recipe under trial (README, "Motion"): the shipped recipe, then a leg with the moving layout
+# (--graph_layout_motion), a new run from the seventh leg's pipeline with its flags (-> 29,400).
 _MOTION_FLAGS = [*PRESETS["builtin"]["video_legs"][-1]["flags"], "--graph_layout_motion"]
 PRESETS["builtin-motion"] = {
     **PRESETS["builtin"],
+    "guidance_scales": [1.0, 2.0, 4.0, 6.0, 8.0, 10.0],  # 8 was the best of up to 8 for the moving layout
     "video_legs": [
         *PRESETS["builtin"]["video_legs"],
         {"max_train_steps": 29400, "fine_tune_into": "video_motion2", "flags": _MOTION_FLAGS},
-        {"max_train_steps": 32400, "fine_tune_into": "video_motion3", "flags": _MOTION_FLAGS},
     ],
 }
 
@@ -354,28 +358,48 @@ def guidance_model(preset, work: Path) -> dict:
     return {"folder": final_video_dir(preset, work).name, "steps": preset["video_legs"][-1]["max_train_steps"]}
 
 
+def has_moving_layout(folder: Path) -> bool:
+    """Whether a pipeline folder's UNet has the moving layout (``graph_layout_motion``)."""
+    return bool(json.loads((folder / "unet" / "config.json").read_text()).get("graph_layout_motion", False))
+
+
 def stage_guidance(args, preset, work: Path) -> bool:
     """Choose the model's default classifier-free guidance on validation graphs (never test ones):
     too little and the graph is followed loosely, too much and sparse scenes (one object) come out
-    empty, because guidance pushes away from the unconditional model's busier scenes."""
+    empty, because guidance pushes away from the unconditional model's busier scenes. For a model
+    with the moving layout, then its default motion scale (``pipe(motion_scale=...)``) at that
+    guidance, among the preset's ``motion_scales`` (1, the model as trained, wins ties)."""
     out = work / "guidance.json"
     model = guidance_model(preset, work)
     if out.is_file() and json.loads(out.read_text()).get("model") == model:
         return False  # chosen for this very model (a later leg or fine-tune run chooses again)
     validation = make_split(args, preset, work, "validation")
     graphs = write_graphs(validation, work / "guidance_graphs.jsonl", limit=preset["guidance_graphs"])
-    rows = {}
-    for scale in preset["guidance_scales"]:
-        folder = work / "guidance" / f"{scale:g}"
-        run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder),
-                   "--model", str(final_video_dir(preset, work)),
-                   "--num-frames", str(preset["num_frames"]), "--guidance-scale", str(scale), "--overwrite",
+    trained = final_video_dir(preset, work)
+
+    def score(name: str, extra: list[str]) -> dict:
+        folder = work / "guidance" / name
+        run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder), "--model", str(trained),
+                   "--num-frames", str(preset["num_frames"]), "--overwrite", *extra,
                    *preset.get("inference", [])))  # fmt: skip
-        rows[f"{scale:g}"] = evaluate_folder(folder)
+        return evaluate_folder(folder)
+
+    rows = {f"{scale:g}": score(f"{scale:g}", ["--guidance-scale", str(scale)]) for scale in preset["guidance_scales"]}
     chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
-    atomic_write_text(out, json.dumps({"chosen": float(chosen), "model": model, "figures": rows}, indent=1))
+    result = {"chosen": float(chosen), "model": model, "figures": rows}
     for scale, row in rows.items():
         print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
+    if preset.get("motion_scales") and has_moving_layout(trained):
+        motion_rows = {"1": rows[chosen]}  # the model as trained, at the chosen guidance
+        for scale in preset["motion_scales"]:
+            if f"{scale:g}" not in motion_rows:
+                motion_rows[f"{scale:g}"] = score(f"{chosen}_motion{scale:g}",
+                                                  ["--guidance-scale", chosen, "--motion-scale", str(scale)])  # fmt: skip
+        motion = max(motion_rows, key=lambda scale: guidance_score(motion_rows[scale]))
+        result.update(motion_scale=float(motion), motion_figures=motion_rows)
+        for scale, row in motion_rows.items():
+            print(f"motion scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == motion else ''}")
+    atomic_write_text(out, json.dumps(result, indent=1))
     return True
 
 
@@ -387,7 +411,10 @@ def stage_export(args, preset, work: Path) -> None:
     trained = final_video_dir(preset, work)
     pipe = SceneGraphToVideoPipeline.from_pretrained(trained)
     if (work / "guidance.json").is_file():
-        pipe.register_to_config(default_guidance_scale=json.loads((work / "guidance.json").read_text())["chosen"])
+        guidance = json.loads((work / "guidance.json").read_text())
+        pipe.register_to_config(default_guidance_scale=guidance["chosen"])
+        if "motion_scale" in guidance:
+            pipe.register_to_config(default_motion_scale=guidance["motion_scale"])
     pipe.to(torch.float16)
     args.export_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.export_dir.parent) as tmp:
@@ -424,8 +451,12 @@ def guidance_text(work: Path) -> str:
     guidance = json.loads((work / "guidance.json").read_text())
     scores = ", ".join(f"{scale}: {guidance_score(row):.3f}" for scale, row in guidance["figures"].items())
     count = next(iter(guidance["figures"].values()))["num_videos"]
-    return (f"default guidance {guidance['chosen']:g}, the best of ({scores}) on {count} validation graphs by "
+    text = (f"default guidance {guidance['chosen']:g}, the best of ({scores}) on {count} validation graphs by "
             "relation accuracy + object recall + shape accuracy - spurious objects")
+    if "motion_scale" in guidance:
+        motions = ", ".join(f"{scale}: {guidance_score(row):.3f}" for scale, row in guidance["motion_figures"].items())
+        text += f"; then at that guidance, default motion scale {guidance['motion_scale']:g}, the best of ({motions})"
+    return text
 
 
 def recipe_section(args, preset, work: Path) -> str:
@@ -466,14 +497,15 @@ def recipe_section(args, preset, work: Path) -> str:
 QUALITY_HEADING = "## Quality"
 
 
-def quality_section(rows: dict, command: str, guidance: float) -> str:
+def quality_section(rows: dict, command: str, guidance: float, motion: float | None = None) -> str:
     keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
             "spurious_per_video"]  # fmt: skip
     lines = [
         QUALITY_HEADING,
         "",
         f"`sg2vid evaluate` on {next(iter(rows.values()))['num_videos']} SG-Shapes test-split graphs, generated with "
-        f"default settings (16 frames, 25 DDIM steps, the model's default guidance {guidance:g}, seed = graph index), "
+        f"default settings (16 frames, 25 DDIM steps, the model's default guidance {guidance:g}"
+        + (f" and motion scale {motion:g}" if motion is not None else "") + ", seed = graph index), "
         "beside the ground-truth clips and the same model given the null graph. Command:",
         "",
         "```bash",
@@ -500,7 +532,9 @@ def stage_evaluate(args, preset, work: Path) -> None:
     atomic_write_text(work / "evaluation.json", json.dumps(rows, indent=1))
     command = f"python training/build_builtin_model.py --work_dir {work} --preset {args.preset} --stages evaluate"
     model_index = json.loads((args.export_dir / "model_index.json").read_text())
-    section = quality_section(rows, command, model_index.get("default_guidance_scale", 4.0))
+    moving = has_moving_layout(args.export_dir)
+    section = quality_section(rows, command, model_index.get("default_guidance_scale", 4.0),
+                              model_index.get("default_motion_scale", 1.0) if moving else None)  # fmt: skip
     print(section)
     # The figures go into the evaluated model's card, replacing older ones.
     card_path = args.export_dir / "README.md"

@@ -10,6 +10,7 @@ weight name of ``UNet3DConditionModel``, so a plain UNet3D checkpoint loads into
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -294,6 +295,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         global_embeds: torch.Tensor,
         num_frames: int,
         drop: torch.Tensor | None = None,
+        motion_scale: float = 1.0,
     ) -> GraphContext:
         r"""Project the encoder's outputs into the cross-attention context, one per frame.
 
@@ -305,6 +307,9 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             num_frames: F.
             drop: (B,) bool or None; the graphs marked True become the null graph (every local token
                 masked, the global token replaced by ``null_graph_token``): graph dropout in training.
+            motion_scale: with ``graph_layout_motion``, multiplies the learnt gate at sampling time
+                (0: every frame gets the clip's mean box, no motion; 1: the trained model; above 1:
+                more of the move the encoder infers). A model without the moving layout takes only 1.
 
         Returns:
             :class:`GraphContext` with ``hidden_states`` (B*F, N + 1, C) =
@@ -316,6 +321,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         """
         if global_embeds.ndim != 2:
             raise ValueError(f"global_embeds must have shape (B, Dg), got {tuple(global_embeds.shape)}")
+        check_motion_scale(motion_scale, self.config.graph_layout_motion)
         batch_size = global_embeds.shape[0]
         if local_tokens.ndim == 3:
             local_tokens, local_mask = local_tokens[:, None], local_mask[:, None]  # one frame, broadcast below
@@ -353,7 +359,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
             if self.config.graph_layout_motion:  # each frame's box: its centre time's place in the clip
                 centres = motion_frame_offsets(num_frames, boxes.device)
                 moves = subjects @ motion_readout(width).to(boxes.device)  # over the whole clip
-                gate = self.graph_layout_motion_gate.float() * LAYOUT_MOTION_GAIN
+                gate = self.graph_layout_motion_gate.float() * LAYOUT_MOTION_GAIN * float(motion_scale)
                 boxes = boxes + gate * centres[None, :, None, None] * moves
             boxes = boxes.expand(batch_size, num_frames, num_local, 4)
             boxes = torch.cat([boxes, boxes.new_full((batch_size, num_frames, 1, 4), float("nan"))], dim=2)
@@ -794,6 +800,19 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
 
     def fuse_qkv_projections(self) -> None:
         raise NotImplementedError("fused QKV projections would replace the graph attention processors")
+
+
+def check_motion_scale(motion_scale, graph_layout_motion: bool) -> None:
+    """A sampling-time motion scale is a finite number >= 0, and anything but 1 needs a UNet with the
+    moving layout (``graph_layout_motion``): elsewhere there is no motion to scale."""
+    number = isinstance(motion_scale, (int, float)) and not isinstance(motion_scale, bool)
+    if not number or not math.isfinite(motion_scale) or motion_scale < 0:
+        raise ValueError(f"motion_scale must be a finite number >= 0, got {motion_scale!r}")
+    if motion_scale != 1 and not graph_layout_motion:
+        raise ValueError(
+            f"motion_scale={motion_scale!r} scales the moving layout, and this UNet has none "
+            "(graph_layout_motion is off): leave it at 1"
+        )
 
 
 def _check_layout_motion(motion: bool, layout_bias: bool, global_dim: int) -> None:

@@ -30,7 +30,7 @@ from huggingface_hub import create_repo
 from ..batching import collate_scene_graphs
 from ..conditioning import encode_graph_context
 from ..models.sg_encoder import SceneGraphEncoder
-from ..models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel
+from ..models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel, check_motion_scale
 from ..scene_graph import SceneGraph, parse_scene_graphs
 from ..utils import atomic_write_text
 
@@ -91,6 +91,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         text_encoder=None,
         tokenizer=None,
         default_guidance_scale: float = 4.0,
+        default_motion_scale: float = 1.0,
     ):
         super().__init__()
         self.register_modules(
@@ -99,6 +100,8 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         # The guidance a model was tuned with travels with it (model_index.json), as diffusers'
         # `requires_safety_checker` does; `pipe(guidance_scale=...)` overrides it.
         self.register_to_config(default_guidance_scale=float(default_guidance_scale))
+        # Likewise the moving layout's sampling-time scale (models without one keep 1).
+        self.register_to_config(default_motion_scale=float(default_motion_scale))
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
         self._vae_slicing = False
@@ -272,11 +275,13 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
 
     # ------------------------------------------------------------------ conditioning
 
-    def encode_scene_graph(self, graphs: list[SceneGraph], num_frames: int, device: torch.device) -> GraphContext:
+    def encode_scene_graph(
+        self, graphs: list[SceneGraph], num_frames: int, device: torch.device, motion_scale: float = 1.0
+    ) -> GraphContext:
         """Graph context for the UNet: (B * F, L, C) tokens and mask. Per-frame tokens are used only
         when some graph changes over time (otherwise every frame's tokens are the same)."""
         batch = collate_scene_graphs(graphs, self.vocab).to(device)
-        return encode_graph_context(self.sg_encoder, self.unet, batch, num_frames)
+        return encode_graph_context(self.sg_encoder, self.unet, batch, num_frames, motion_scale=motion_scale)
 
     def encode_prompt(self, prompt: str | list[str], batch_size: int, device: torch.device) -> torch.Tensor:
         """(B, T, D) text states from the text encoder."""
@@ -336,6 +341,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         width: int | None = None,
         num_inference_steps: int = 25,
         guidance_scale: float | None = None,
+        motion_scale: float | None = None,
         graph_scale: float = 1.0,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -361,6 +367,10 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             guidance_scale: classifier-free guidance against the null graph; 1 disables it. Default:
                 the model's ``default_guidance_scale`` (in ``model_index.json``; 4.0 unless the model
                 was saved with another, as the built-in model is).
+            motion_scale: for a UNet with the moving layout (``graph_layout_motion``), how much of the
+                motion the encoder infers moves the layout bias's boxes: it multiplies the learnt gate
+                (0: still boxes; 1: as trained). Default: the model's ``default_motion_scale`` (1.0
+                unless the model was saved with another). Other models take only 1.
             graph_scale: weight of the graph attention in decoupled mode (graph-only mode ignores it).
             eta: DDIM's eta (ignored by other schedulers).
             generator: torch generator(s) for the noise: the same seed gives the same video.
@@ -390,6 +400,10 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         )  # fmt: skip
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
+        moving = bool(getattr(self.unet.config, "graph_layout_motion", False))
+        if motion_scale is None:  # a saved default means nothing to a UNet without the moving layout
+            motion_scale = self.config.get("default_motion_scale", 1.0) if moving else 1.0
+        check_motion_scale(motion_scale, moving)
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
         device = self._execution_device
@@ -398,7 +412,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         if drop_graph:
             graph_context = self.unet.null_graph_context(batch_size, num_frames)
         else:
-            graph_context = self.encode_scene_graph(graphs, num_frames, device)
+            graph_context = self.encode_scene_graph(graphs, num_frames, device, motion_scale=motion_scale)
         text_states = None
         if self.text_encoder is not None and self.tokenizer is not None:
             text_states = self.encode_prompt(prompt if prompt is not None else "", batch_size, device)
