@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -154,8 +153,13 @@ def _generate(args: argparse.Namespace) -> int:
     for name in ("num_frames", "num_inference_steps", "batch_size"):
         if getattr(args, name) < 1:
             raise _UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.motion_scale is not None and not (math.isfinite(args.motion_scale) and args.motion_scale >= 0):
-        raise _UsageError(f"--motion-scale must be a finite number >= 0, got {args.motion_scale}")
+    if args.motion_scale is not None:
+        from .models.unet_3d_graph import check_motion_scale
+
+        try:  # the pipeline's rule, checked before loading anything
+            check_motion_scale(args.motion_scale, graph_layout_motion=True)
+        except ValueError:
+            raise _UsageError(f"--motion-scale must be a finite number >= 0, got {args.motion_scale}") from None
     graphs = parse_scene_graphs(args.scene_graph)
     if args.output is not None and len(graphs) != 1:
         raise _UsageError(f"--output takes one graph; {args.scene_graph} holds {len(graphs)} (use --output-dir)")
@@ -170,8 +174,13 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         # The CLI computes on the CPU, in float32 whatever the stored precision (fp16 is slow there).
         pipe = SceneGraphToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
-    if args.motion_scale not in (None, 1.0) and not pipe.unet.config.get("graph_layout_motion", False):
-        raise _UsageError(f"--motion-scale {args.motion_scale:g}: this model has no moving layout to scale (leave it out)")
+    if args.motion_scale is not None:
+        try:
+            check_motion_scale(args.motion_scale, pipe.unet.config.graph_layout_motion)
+        except ValueError:
+            raise _UsageError(
+                f"--motion-scale {args.motion_scale:g}: this model has no moving layout to scale (leave it out)"
+            ) from None
     limits = dict(vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
     if args.output is not None:
         graphs = [parse_scene_graph(graphs[0], **limits)]  # errors name fields without a list prefix

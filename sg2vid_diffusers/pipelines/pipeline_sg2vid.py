@@ -98,10 +98,11 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             vae=vae, unet=unet, scheduler=scheduler, sg_encoder=sg_encoder, text_encoder=text_encoder, tokenizer=tokenizer
         )
         # The guidance a model was tuned with travels with it (model_index.json), as diffusers'
-        # `requires_safety_checker` does; `pipe(guidance_scale=...)` overrides it.
-        self.register_to_config(default_guidance_scale=float(default_guidance_scale))
-        # Likewise the moving layout's sampling-time scale (models without one keep 1).
-        self.register_to_config(default_motion_scale=float(default_motion_scale))
+        # `requires_safety_checker` does, and so does the moving layout's scale (1 for models
+        # without one); `pipe(guidance_scale=..., motion_scale=...)` overrides them.
+        self.register_to_config(
+            default_guidance_scale=float(default_guidance_scale), default_motion_scale=float(default_motion_scale)
+        )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
         self._vae_slicing = False
@@ -400,9 +401,9 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         )  # fmt: skip
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale
-        moving = bool(getattr(self.unet.config, "graph_layout_motion", False))
+        moving = self.unet.config.graph_layout_motion
         if motion_scale is None:  # a saved default means nothing to a UNet without the moving layout
-            motion_scale = self.config.get("default_motion_scale", 1.0) if moving else 1.0
+            motion_scale = self.config.default_motion_scale if moving else 1.0
         check_motion_scale(motion_scale, moving)
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
