@@ -83,7 +83,7 @@ PRESETS = {
         # 4-frame windows of 32 clips (about the same compute per step, 4x the clips; a third of the clips
         # are still scenes, one image 16 times). The fourth adds the layout loss (the encoder learns to
         # infer each object's box from the relations), the fifth, a new run from the fourth's pipeline,
-        # the layout bias that hands those boxes to the graph attention (README, Quality); the sixth
+        # the layout bias that hands those boxes to the graph attention (docs/builtin_model.md); the sixth
         # trains that model on, a new run from the fifth's pipeline (a warm restart of the schedule).
         "video_legs": [
             {"max_train_steps": 3500},
@@ -139,8 +139,9 @@ PRESETS = {
         "guidance_graphs": 2,
     },
 }
-# The recipe under trial (README, "Motion"): the shipped recipe, then a leg with the moving layout
-# (--graph_layout_motion), a new run from the seventh leg's pipeline with its flags (-> 29,400).
+# The recipe under trial (docs/builtin_model.md, "Motion"): the shipped recipe, then legs with the moving
+# layout (--graph_layout_motion), each a new run from the last leg's pipeline with the seventh leg's
+# flags (-> 29,400 -> 32,400).
 _MOTION_FLAGS = [*PRESETS["builtin"]["video_legs"][-1]["flags"], "--graph_layout_motion"]
 PRESETS["builtin-motion"] = {
     **PRESETS["builtin"],
@@ -150,6 +151,7 @@ PRESETS["builtin-motion"] = {
     "video_legs": [
         *PRESETS["builtin"]["video_legs"],
         {"max_train_steps": 29400, "fine_tune_into": "video_motion2", "flags": _MOTION_FLAGS},
+        {"max_train_steps": 32400, "fine_tune_into": "video_motion3", "flags": _MOTION_FLAGS},
     ],
 }
 
