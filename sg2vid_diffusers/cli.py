@@ -2,6 +2,7 @@
 
     sg2vid make-dataset --output DIR --split train --num-clips 1000 [--num-frames 16] [--seed 0]
     sg2vid evaluate --data DIR [--json]
+    sg2vid evaluate --data DIR --baseline DIR2 [--json]   (paired: the same graphs, two models or settings)
     sg2vid evaluate --scene-graph G.json --video V.mp4 [--json]
     sg2vid render --scene-graph G.json --output V.{mp4,gif,npy} [--seed 0] [--num-frames 16]
     sg2vid generate --scene-graph G.json --output V.{mp4,gif,npy} [--model DIR] [--seed N]
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .scene_graph import SceneGraphError, parse_scene_graph
+from .scene_graph import SceneGraph, SceneGraphError, parse_scene_graph
 
 EXIT_BAD_INPUT = 2
 
@@ -57,6 +58,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="a metadata.jsonl folder (as make-dataset or generate --output-dir write)")
     p.add_argument("--scene-graph", help="one scene graph (JSON file or text), with --video")
     p.add_argument("--video", type=Path, help="one video (.mp4, .gif or .npy), with --scene-graph")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="with --data: a second folder of videos of the same graphs in the same order (another model, or "
+        "other settings, with the same seeds); prints both figures, the difference and its paired bootstrap interval",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_evaluate)
 
@@ -67,19 +74,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if (args.data is None) == (args.scene_graph is None and args.video is None):
         raise _UsageError("give either --data DIR, or --scene-graph G.json with --video V")
+    if args.baseline is not None and args.data is None:
+        raise _UsageError("--baseline compares two folders: give it with --data DIR")
     if args.data is not None:
-        from tqdm.auto import tqdm
-
-        from .data.sg_shapes import check_sg_shapes_graph
-        from .data.video_folder import MetadataError, SceneGraphVideoFolder
-
-        folder = SceneGraphVideoFolder(args.data)
-        for record in folder:  # every graph checked before any video is read
-            try:
-                check_sg_shapes_graph(record.scene_graph)
-            except SceneGraphError as err:
-                raise MetadataError(args.data / "metadata.jsonl", record.line_no, f"scene_graph.{err.field}", str(err))
-        scores = [score_video(r.read_frames(), r.scene_graph) for r in tqdm(folder, desc="scoring", unit="clip")]
+        folder = _checked_folder(args.data)
+        if args.baseline is not None:
+            return _compare(args, folder, _checked_folder(args.baseline))
+        scores = _score_folder(folder, "scoring")
     else:
         if args.scene_graph is None or args.video is None:
             raise _UsageError("--scene-graph and --video go together")
@@ -91,6 +92,56 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = summarize(scores)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     return 0
+
+
+def _checked_folder(path: Path):
+    """A metadata.jsonl folder whose every graph is an SG-Shapes graph (checked before any video is read)."""
+    from .data.sg_shapes import check_sg_shapes_graph
+    from .data.video_folder import MetadataError, SceneGraphVideoFolder
+
+    folder = SceneGraphVideoFolder(path)
+    for record in folder:
+        try:
+            check_sg_shapes_graph(record.scene_graph)
+        except SceneGraphError as err:
+            raise MetadataError(path / "metadata.jsonl", record.line_no, f"scene_graph.{err.field}", str(err))
+    return folder
+
+
+def _score_folder(folder, desc: str) -> list:
+    from tqdm.auto import tqdm
+
+    from .evaluation.conformance import score_video
+
+    return [score_video(r.read_frames(), r.scene_graph) for r in tqdm(folder, desc=desc, unit="clip")]
+
+
+def _compare(args: argparse.Namespace, folder, baseline) -> int:
+    """``evaluate --data NEW --baseline OLD``: the two folders must hold the same graphs, line by line
+    (boxes aside: a generated folder may drop them)."""
+    from .data.video_folder import MetadataError
+    from .evaluation.compare import compare_scores
+
+    if len(folder) != len(baseline):
+        raise _UsageError(
+            f"--data has {len(folder)} videos and --baseline {len(baseline)}: a paired comparison needs "
+            "videos of the same graphs in the same order"
+        )
+    for index, (ours, theirs) in enumerate(zip(folder, baseline)):
+        if _graph_key(ours.scene_graph) != _graph_key(theirs.scene_graph):
+            raise MetadataError(
+                args.baseline / "metadata.jsonl", theirs.line_no, "scene_graph",
+                f"differs from the graph of video {index} in {args.data / 'metadata.jsonl'} (line {ours.line_no}): "
+                f"{theirs.scene_graph} against {ours.scene_graph}; a paired comparison needs the same graphs in "
+                "the same order",
+            )  # fmt: skip
+    comparison = compare_scores(_score_folder(folder, "scoring --data"), _score_folder(baseline, "scoring --baseline"))
+    print(json.dumps(comparison.to_dict(), indent=2) if args.json else comparison.format_table())
+    return 0
+
+
+def _graph_key(graph: SceneGraph) -> tuple:
+    return tuple(obj.name for obj in graph.objects), graph.relationships
 
 
 def _add_render(sub: argparse._SubParsersAction) -> None:
