@@ -90,8 +90,8 @@ def test_the_motion_an_encoder_infers_is_scored_by_the_metric_s_own_rule():
     from sg2vid_diffusers.training_utils import clip_motion
     from tiny_models import tiny_encoder
 
-    clips = [(clip, graph) for clip, graph in (generate_clip("train", i) for i in range(30))
-             if any(r.predicate.startswith("moving") for r in graph.relationships)]  # fmt: skip
+    clips = [(clip, graph) for clip, graph in (generate_clip("train", i) for i in range(60))
+             if any(r.predicate.startswith("moving") or r.time is not None for r in graph.relationships)]  # fmt: skip
     assert len(clips) >= 8
 
     class OracleEncoder(type(tiny_encoder())):
@@ -119,8 +119,16 @@ def test_the_motion_an_encoder_infers_is_scored_by_the_metric_s_own_rule():
     assert results[1.0]["median_change"]["moving toward"] < -5 < 5 < results[1.0]["median_change"]["moving away from"]
     assert results[0.0]["accuracy"] == 0 and results[0.0]["median_change"]["moving toward"] == 0  # every object still
     assert results[-1.0]["accuracy"] == 0, results  # moves reversed: toward becomes away
+    # Timed static triples: the true moving boxes keep (nearly) all of them, still or reversed ones fewer.
+    timed = sum(r.predicate in ("left of", "right of", "above", "below") and r.time is not None
+                for g in graphs for r in g.relationships)  # fmt: skip
+    assert results[1.0]["timed"]["num_triples"] == timed >= 5, results
+    assert results[1.0]["timed"]["accuracy"] >= 0.9, results
+    assert results[-1.0]["timed"]["accuracy"] < results[1.0]["timed"]["accuracy"] - 0.3, results
+    assert results[0.0]["timed"]["accuracy"] < results[1.0]["timed"]["accuracy"], results
     assert encoder_motion_accuracy(tiny_encoder(), [parse_scene_graphs(GRAPHS, vocab=encoder.vocab)[1]]) == {
-        "num_triples": 0, "accuracy": None, "median_change": {"moving toward": None, "moving away from": None}}  # fmt: skip
+        "num_triples": 0, "accuracy": None, "median_change": {"moving toward": None, "moving away from": None},
+        "timed": {"num_triples": 0, "accuracy": None}}  # fmt: skip
 
 
 def test_bad_timesteps_and_empty_graph_lists_fail_clearly():

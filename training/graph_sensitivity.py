@@ -98,8 +98,11 @@ def motion_text(motion: dict | None) -> str:
         return "the encoder's inferred motion: n/a (object vectors narrower than 8)"
     accuracy = "n/a" if motion["accuracy"] is None else f"{motion['accuracy']:.3f}"
     medians = ", ".join(f"{p} {'n/a' if c is None else f'{c:+.1f} px'}" for p, c in motion["median_change"].items())
+    timed = motion["timed"]
+    timed_accuracy = "n/a" if timed["accuracy"] is None else f"{timed['accuracy']:.3f}"
     return (f"the encoder's inferred motion satisfies {accuracy} of {motion['num_triples']} dynamic triples "
-            f"(median distance change: {medians}; meaningful after the layout loss's motion term)")
+            f"(median distance change: {medians}; meaningful after the layout loss's motion term), "
+            f"and its moving layout {timed_accuracy} of {timed['num_triples']} timed static triples over their spans")
 
 
 def layout_text(layout: dict) -> str:

@@ -142,11 +142,17 @@ def encoder_motion_accuracy(
     distance change of each predicate, in px. Meaningful only for an encoder trained with the layout
     loss's motion term (others move their objects at random); needs ``output_dim >= 8``.
 
+    Also ``"timed"``: the share of static spatial triples with a time span that the same moving boxes
+    satisfy over their span's frames (the metric's static rule, its 2 px margin, every object drawn):
+    whether motion the encoder infers for a graph carries an object out of a relation that holds for
+    only part of the clip (``gain=0`` scores the clip-mean boxes).
+
     Returns:
-        ``{"num_triples": T, "accuracy": a or None, "median_change": {predicate: px or None}}``.
+        ``{"num_triples": T, "accuracy": a or None, "median_change": {predicate: px or None},
+        "timed": {"num_triples": T', "accuracy": a' or None}}``.
     """
     from ..models.sg_encoder import layout_readout, motion_frame_offsets, motion_readout
-    from .conformance import _distance_change, _dynamic_holds
+    from .conformance import _distance_change, _dynamic_holds, _triple_holds
 
     if encoder.vocab is None:
         raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
@@ -154,10 +160,11 @@ def encoder_motion_accuracy(
     readout = torch.cat([layout_readout(width), motion_readout(width)], dim=1).to(encoder.device)
     times = motion_frame_offsets(num_frames)  # (F,)
     changes: dict[str, list[float]] = {predicate: [] for predicate in DYNAMIC_PREDICATES}
-    satisfied = 0
+    satisfied = timed_total = timed_satisfied = 0
     for graph in graphs:
         dynamic = [t for t, rel in enumerate(graph.relationships) if rel.predicate in DYNAMIC_PREDICATES]
-        if not dynamic:
+        timed = [t for t, rel in enumerate(graph.relationships) if rel.predicate in STATIC_PREDICATES and rel.time is not None]
+        if not dynamic and not timed:
             continue
         vectors = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device))
         mean, move = (vectors.float() @ readout).cpu().split(4, dim=1)  # (O, 4) each: objects, then __image__
@@ -172,11 +179,16 @@ def encoder_motion_accuracy(
                 continue
             changes[rel.predicate].append(change)
             satisfied += _dynamic_holds(rel.predicate, change)
+        for t in timed:
+            rel = graph.relationships[t]
+            timed_total += 1
+            timed_satisfied += _triple_holds(rel.predicate, drawn, centres, rel.subject, rel.object, np.flatnonzero(in_span[t]))
     total = sum(len(c) for c in changes.values())
     return {
         "num_triples": total,
         "accuracy": satisfied / total if total else None,
         "median_change": {p: float(np.median(c)) if c else None for p, c in changes.items()},
+        "timed": {"num_triples": timed_total, "accuracy": timed_satisfied / timed_total if timed_total else None},
     }
 
 
