@@ -32,6 +32,10 @@ def test_point_figures_are_summarize_figures():
         assert figure.value == pytest.approx(getattr(a, key)) and figure.baseline == pytest.approx(getattr(b, key))
         assert figure.difference == pytest.approx(getattr(a, key) - getattr(b, key))
         assert figure.low <= figure.difference <= figure.high
+    assert [f.figure for f in comparison.by_predicate] == list(a.by_predicate) == ["left of", "above"]
+    for figure in comparison.by_predicate:
+        assert figure.value == pytest.approx(a.by_predicate[figure.figure]["accuracy"])
+        assert figure.baseline == pytest.approx(b.by_predicate[figure.figure]["accuracy"])
 
 
 def test_identical_sets_differ_by_nothing():
@@ -95,6 +99,14 @@ def folders(tmp_path_factory):
     return truth, blanked
 
 
+def rows_of(folder):
+    return [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+
+
+def predicates(row):
+    return [rel["predicate"] for rel in row["scene_graph"]["relationships"]]
+
+
 def test_cli_compares_two_folders(folders, capsys):
     truth, blanked = folders
     assert main(["evaluate", "--data", str(blanked), "--baseline", str(truth), "--json"]) == 0
@@ -105,7 +117,8 @@ def test_cli_compares_two_folders(folders, capsys):
     assert recall["resolved"] and recall["high"] < 0
     assert main(["evaluate", "--data", str(blanked), "--baseline", str(truth)]) == 0
     table = capsys.readouterr().out
-    assert "12 paired videos" in table and "worse" in table
+    assert "12 paired videos" in table and "worse" in table and "relation accuracy per predicate" in table
+    assert set(report["by_predicate"]) == {p for row in rows_of(truth) for p in predicates(row)}
 
 
 def test_cli_refuses_folders_of_other_graphs(folders, tmp_path, capsys):

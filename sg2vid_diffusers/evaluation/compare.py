@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.sg_shapes import PREDICATES
 from .conformance import VideoScore
 
 # (figure, what a ``ConformanceReport`` calls it, True when higher is better)
@@ -57,24 +58,41 @@ class PairedComparison:
     num_resamples: int
     confidence: float
     figures: list[FigureComparison]
+    # relation accuracy per predicate that occurs, in vocabulary order (figure = the predicate)
+    by_predicate: list[FigureComparison]
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"figures": {f.figure: asdict(f) | {"resolved": f.resolved} for f in self.figures}}
+        def rows(figures):
+            return {f.figure: asdict(f) | {"resolved": f.resolved} for f in figures}
+
+        return asdict(self) | {"figures": rows(self.figures), "by_predicate": rows(self.by_predicate)}
 
     def format_table(self) -> str:
         header = ("figure", "baseline", "this", "difference", f"{self.confidence:.0%} interval")
         rows = [header]
-        for f in self.figures:
+        per_predicate = [("relation accuracy per predicate", "", "", "", "")] if self.by_predicate else []
+        for f in self.figures + [None] + self.by_predicate:
+            if f is None:
+                rows += per_predicate
+                continue
+            name = f.figure if f in self.figures else f"  {f.figure}"
             if f.difference is None:
-                rows.append((f.figure, "n/a", "n/a", "n/a", ""))
+                rows.append((name, "n/a", "n/a", "n/a", ""))
                 continue
             better = (f.difference > 0) == f.higher_is_better
             verdict = ("better" if better else "worse") if f.resolved else "not resolved"
-            rows.append((f.figure, f"{f.baseline:.3f}", f"{f.value:.3f}", f"{f.difference:+.3f}",
+            rows.append((name, f"{f.baseline:.3f}", f"{f.value:.3f}", f"{f.difference:+.3f}",
                          f"[{f.low:+.3f}, {f.high:+.3f}]  {verdict}"))  # fmt: skip
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join([f"{self.num_videos} paired videos, {self.num_resamples} bootstrap resamples", *lines])
+
+
+def _predicate_tallies(scores: Sequence[VideoScore], predicate: str) -> np.ndarray:
+    """(2, N): each video's satisfied triples of ``predicate`` and its triples of it."""
+    pairs = [(sum(ok for ok, p in zip(s.triples, s.predicates) if p == predicate), s.predicates.count(predicate))
+             for s in scores]  # fmt: skip
+    return np.array(pairs, dtype=np.float64).reshape(len(scores), 2).T
 
 
 def _tallies(scores: Sequence[VideoScore]) -> dict[str, np.ndarray]:
@@ -113,7 +131,8 @@ def compare_scores(
         seed: the draws' seed: the same seed gives the same interval.
 
     Returns:
-        A :class:`PairedComparison`; its point figures equal ``summarize``'s for each set.
+        A :class:`PairedComparison`; its point figures equal ``summarize``'s for each set, and so do
+        its ``by_predicate`` ones (relation accuracy per predicate).
     """
     scores, baseline = list(scores), list(baseline)
     if len(scores) != len(baseline):
@@ -127,18 +146,24 @@ def compare_scores(
     n = len(scores)
     # How many times each video is drawn, per resample: (R, N).
     weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=num_resamples).astype(np.float64)
-    new, old = _tallies(scores), _tallies(baseline)
     tail = (1 - confidence) / 2 * 100
-    figures = []
-    for name, key, higher_is_better in FIGURES:
-        (a_num, a_den), (b_num, b_den) = new[key], old[key]
+
+    def compare(name: str, new: np.ndarray, old: np.ndarray, higher_is_better: bool = True) -> FigureComparison:
+        (a_num, a_den), (b_num, b_den) = new, old
         if a_den.sum() == 0 or b_den.sum() == 0:
-            figures.append(FigureComparison(name, None, None, None, None, None, higher_is_better))
-            continue
+            return FigureComparison(name, None, None, None, None, None, higher_is_better)
         value, base = a_num.sum() / a_den.sum(), b_num.sum() / b_den.sum()
         with np.errstate(invalid="ignore", divide="ignore"):  # a draw may hold none of a rare kind
             draws = (weights @ a_num) / (weights @ a_den) - (weights @ b_num) / (weights @ b_den)
         low, high = np.nanpercentile(draws, [tail, 100 - tail])
-        figures.append(FigureComparison(name, float(base), float(value), float(value - base), float(low), float(high),
-                                        higher_is_better))  # fmt: skip
-    return PairedComparison(num_videos=n, num_resamples=num_resamples, confidence=confidence, figures=figures)
+        return FigureComparison(name, float(base), float(value), float(value - base), float(low), float(high),
+                                higher_is_better)  # fmt: skip
+
+    new, old = _tallies(scores), _tallies(baseline)
+    figures = [compare(name, new[key], old[key], higher) for name, key, higher in FIGURES]
+    occurring = {p for s in scores + baseline for p in s.predicates}
+    order = {p: i for i, p in enumerate(PREDICATES)}
+    by_predicate = [compare(p, _predicate_tallies(scores, p), _predicate_tallies(baseline, p))
+                    for p in sorted(occurring, key=lambda p: (order.get(p, len(order)), p))]  # fmt: skip
+    return PairedComparison(num_videos=n, num_resamples=num_resamples, confidence=confidence, figures=figures,
+                            by_predicate=by_predicate)  # fmt: skip
