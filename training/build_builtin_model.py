@@ -47,6 +47,10 @@ BUILTIN_DIR = ROOT / "sg2vid_diffusers" / "builtin" / "sg-shapes"  # what from_b
 
 # Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
 # 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
+# The flags of every leg that fine-tunes a model with the layout bias (the fifth leg on).
+_LAYOUT_LEG_FLAGS = ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
+                     "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]
+
 PRESETS = {
     "builtin": {
         "num_frames": 16,
@@ -91,22 +95,13 @@ PRESETS = {
             {"max_train_steps": 13500, "flags": ["--train_batch_size", "32", "--frame_window", "4"]},
             {"max_train_steps": 18000, "flags": ["--train_batch_size", "32", "--frame_window", "4",
                                                  "--layout_loss_weight", "1", "--lr_scheduler", "linear"]},
-            {"max_train_steps": 20400, "fine_tune_into": "video_layout",
-             "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
-                       "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]},
-            {"max_train_steps": 23400, "fine_tune_into": "video_layout2",
-             "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
-                       "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]},
-            {"max_train_steps": 26400, "fine_tune_into": "video_layout3",
-             "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size", "32",
-                       "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]},
-            # The eighth and ninth: the moving layout (docs/builtin_model.md, "Motion"), each a new run from
-            # the last leg's pipeline with the seventh's flags plus --graph_layout_motion.
-            *({"max_train_steps": steps, "fine_tune_into": folder,
-               "flags": ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", "1", "--train_batch_size",
-                         "32", "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100",
-                         "--graph_layout_motion"]}
-              for steps, folder in ((29400, "video_motion2"), (32400, "video_motion3"))),
+            # The fifth to ninth are fine-tune legs, each a new run from the last leg's pipeline with the
+            # layout bias; the eighth and ninth add the moving layout (docs/builtin_model.md, "Motion").
+            *({"max_train_steps": steps, "fine_tune_into": folder, "flags": [*_LAYOUT_LEG_FLAGS, *extra]}
+              for steps, folder, extra in ((20400, "video_layout", []), (23400, "video_layout2", []),
+                                           (26400, "video_layout3", []),
+                                           (29400, "video_motion2", ["--graph_layout_motion"]),
+                                           (32400, "video_motion3", ["--graph_layout_motion"]))),
         ],
         "checkpointing_steps": "250",
         # 1 to 8 for the models before the moving layout (6 won for the 26,400-step one; 1 and 2 have been

@@ -69,20 +69,18 @@ class PairedComparison:
 
     def format_table(self) -> str:
         header = ("figure", "baseline", "this", "difference", f"{self.confidence:.0%} interval")
-        rows = [header]
-        per_predicate = [("relation accuracy per predicate", "", "", "", "")] if self.by_predicate else []
-        for f in self.figures + [None] + self.by_predicate:
-            if f is None:
-                rows += per_predicate
-                continue
-            name = f.figure if f in self.figures else f"  {f.figure}"
+
+        def row(f: FigureComparison, name: str) -> tuple[str, ...]:
             if f.difference is None:
-                rows.append((name, "n/a", "n/a", "n/a", ""))
-                continue
+                return (name, "n/a", "n/a", "n/a", "")
             better = (f.difference > 0) == f.higher_is_better
             verdict = ("better" if better else "worse") if f.resolved else "not resolved"
-            rows.append((name, f"{f.baseline:.3f}", f"{f.value:.3f}", f"{f.difference:+.3f}",
-                         f"[{f.low:+.3f}, {f.high:+.3f}]  {verdict}"))  # fmt: skip
+            return (name, f"{f.baseline:.3f}", f"{f.value:.3f}", f"{f.difference:+.3f}",
+                    f"[{f.low:+.3f}, {f.high:+.3f}]  {verdict}")  # fmt: skip
+
+        rows = [header, *(row(f, f.figure) for f in self.figures)]
+        if self.by_predicate:
+            rows += [("relation accuracy per predicate", "", "", "", ""), *(row(f, f"  {f.figure}") for f in self.by_predicate)]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join([f"{self.num_videos} paired videos, {self.num_resamples} bootstrap resamples", *lines])

@@ -163,7 +163,8 @@ def encoder_motion_accuracy(
     satisfied = timed_total = timed_satisfied = 0
     for graph in graphs:
         dynamic = [t for t, rel in enumerate(graph.relationships) if rel.predicate in DYNAMIC_PREDICATES]
-        timed = [t for t, rel in enumerate(graph.relationships) if rel.predicate in STATIC_PREDICATES and rel.time is not None]
+        timed = [t for t, rel in enumerate(graph.relationships)
+                 if rel.predicate in STATIC_PREDICATES and rel.time is not None]  # fmt: skip
         if not dynamic and not timed:
             continue
         vectors = encoder.object_vectors(collate_scene_graphs([graph], encoder.vocab).to(encoder.device))
@@ -182,7 +183,8 @@ def encoder_motion_accuracy(
         for t in timed:
             rel = graph.relationships[t]
             timed_total += 1
-            timed_satisfied += _triple_holds(rel.predicate, drawn, centres, rel.subject, rel.object, np.flatnonzero(in_span[t]))
+            frames = np.flatnonzero(in_span[t])
+            timed_satisfied += _triple_holds(rel.predicate, drawn, centres, rel.subject, rel.object, frames)
     total = sum(len(c) for c in changes.values())
     return {
         "num_triples": total,
