@@ -39,6 +39,17 @@ def test_a_moving_clip_its_frozen_copy_and_a_missing_object():
     erased[-1][(frames[-1] == COLORS["blue"]).all(-1)] = 0  # gone in the span's last frame
     missing = dynamic_triple_motion([(erased, toward)])
     assert missing.undrawn == 1 and not missing.speeds and "1 left out" in missing.format_table()
+    # drawn (15 of 16 frames), undetected at an end: 7 of the 8 (object, end frame) pairs, all 24 between
+    figures = missing.to_dict()
+    assert (figures["undrawn_absent"], figures["undrawn_at_ends"]) == (0, 1)
+    assert figures["end_frame_detection"] == 7 / 8 and figures["inner_frame_detection"] == 1.0
+    assert "0.88 of the span-end frames, 1.00 of the frames between" in missing.format_table()
+
+    absent = frames.copy()
+    absent[(frames == COLORS["blue"]).all(-1)] = 0  # never drawn: only the circle's frames count
+    figures = dynamic_triple_motion([(absent, toward)]).to_dict()
+    assert (figures["undrawn"], figures["undrawn_absent"], figures["undrawn_at_ends"]) == (1, 1, 0)
+    assert figures["end_frame_detection"] == 1.0 and figures["inner_frame_detection"] == 1.0
 
 
 def test_the_script_compares_a_folder_with_its_reference(tmp_path):

@@ -4,7 +4,11 @@ The conformance metric (:mod:`.conformance`) scores a dynamic triple (``moving t
 ``moving away from``) by the change of its two objects' distance over the triple's span. When such
 triples fail, :func:`dynamic_triple_motion` says whether the objects moved the wrong way or did not
 move at all: the subject's speed and the distance change of every dynamic triple whose two objects
-are drawn at both ends of its span.
+are drawn at both ends of its span. The triples left out are split by why: an object missing from
+the video (what object recall counts), or both drawn but one undetected in a frame at an end of the
+span (the metric checks the span's first two and last two frames); and how often the dynamic
+triples' drawn objects are detected in those end frames against the frames between them says
+whether the ends of a video are where objects fade.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 from ..batching import active_triples
 from ..data.sg_shapes import DYNAMIC_PREDICATES
 from ..scene_graph import SceneGraph, parse_scene_graph
-from .conformance import _color_index, _distance_change, detect_objects
+from .conformance import _color_index, _distance_change, _drawn, detect_objects
 
 __all__ = ["MotionReport", "dynamic_triple_motion"]
 
@@ -32,12 +36,20 @@ class MotionReport:
     speeds: list[float] = field(default_factory=list)  # the subject's, px per frame
     changes: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in DYNAMIC_PREDICATES})
     undrawn: int = 0  # dynamic triples left out: an object missing at an end of the span
+    undrawn_absent: int = 0  # of them, those with an object detected in under half of the frames
+    # (object, frame) pairs of the dynamic triples' objects drawn in the video: [detected, all]
+    end_frames: list[int] = field(default_factory=lambda: [0, 0])  # the span's first two and last two
+    inner_frames: list[int] = field(default_factory=lambda: [0, 0])  # the frames between them
 
     def to_dict(self) -> dict:
         speeds = np.asarray(self.speeds, dtype=float)
         out = {
             "triples": len(speeds),
             "undrawn": self.undrawn,
+            "undrawn_absent": self.undrawn_absent,
+            "undrawn_at_ends": self.undrawn - self.undrawn_absent,
+            "end_frame_detection": self.end_frames[0] / self.end_frames[1] if self.end_frames[1] else None,
+            "inner_frame_detection": self.inner_frames[0] / self.inner_frames[1] if self.inner_frames[1] else None,
             "subject_speed_mean": float(speeds.mean()) if len(speeds) else None,
             "subject_speed_median": float(np.median(speeds)) if len(speeds) else None,
         }
@@ -52,12 +64,19 @@ class MotionReport:
 
     def format_table(self) -> str:
         d = self.to_dict()
+        left_out = (f"{self.undrawn} left out: {d['undrawn_absent']} with an object missing from the video, "
+                    f"{d['undrawn_at_ends']} with both drawn but one undetected at an end of the span")
         if not d["triples"]:
-            return f"no dynamic triple with both objects drawn ({self.undrawn} left out)"
-        lines = [
-            f"dynamic triples with both objects drawn: {d['triples']} ({self.undrawn} left out)",
-            f"subject speed, px per frame: mean {d['subject_speed_mean']:.2f}, median {d['subject_speed_median']:.2f}",
-        ]
+            lines = [f"no dynamic triple with both objects drawn ({left_out})"]
+        else:
+            lines = [
+                f"dynamic triples with both objects drawn: {d['triples']} ({left_out})",
+                f"subject speed, px per frame: mean {d['subject_speed_mean']:.2f}, median {d['subject_speed_median']:.2f}",
+            ]
+        if d["end_frame_detection"] is not None:
+            inner = d["inner_frame_detection"]
+            lines.append(f"their drawn objects detected in {d['end_frame_detection']:.2f} of the span-end frames"
+                         + (f", {inner:.2f} of the frames between" if inner is not None else ""))
         for predicate in DYNAMIC_PREDICATES:
             row = d[predicate]
             if row["triples"]:
@@ -83,13 +102,21 @@ def dynamic_triple_motion(videos_and_graphs: Iterable[tuple[np.ndarray, SceneGra
         det = detect_objects(frames)
         in_span = active_triples([rel.span for rel in graph.relationships], det.num_frames).numpy().T  # (T, F)
         colors = [_color_index(name) for name in graph.object_names]
+        drawn = _drawn(det)
         for t in dynamic:
             rel = graph.relationships[t]
             span = np.flatnonzero(in_span[t])
             s, o = colors[rel.subject], colors[rel.object]
+            ends = np.isin(np.arange(len(span)), [0, 1, len(span) - 2, len(span) - 1])
+            for c in {s, o}:
+                if drawn[c]:
+                    for tally, frames in ((report.end_frames, span[ends]), (report.inner_frames, span[~ends])):
+                        tally[0] += int(det.detected[c, frames].sum())
+                        tally[1] += len(frames)
             change = _distance_change(det.detected, det.centers, s, o, span)  # the metric's own figure
             if change is None:
                 report.undrawn += 1
+                report.undrawn_absent += int(not (drawn[s] and drawn[o]))
                 continue
             report.changes[rel.predicate].append(change)
             seen = span[det.detected[s, span]]
