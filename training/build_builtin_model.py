@@ -145,7 +145,6 @@ PRESETS = {
 }
 
 
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work_dir", required=True, type=Path, help="data, runs and results go here")

@@ -80,7 +80,8 @@ class PairedComparison:
 
         rows = [header, *(row(f, f.figure) for f in self.figures)]
         if self.by_predicate:
-            rows += [("relation accuracy per predicate", "", "", "", ""), *(row(f, f"  {f.figure}") for f in self.by_predicate)]
+            rows.append(("relation accuracy per predicate", "", "", "", ""))
+            rows += [row(f, f"  {f.figure}") for f in self.by_predicate]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         return "\n".join([f"{self.num_videos} paired videos, {self.num_resamples} bootstrap resamples", *lines])

@@ -167,10 +167,16 @@ def score_detections(detections: Detections, graph: SceneGraph) -> VideoScore:
     return score
 
 
+def _span_ends(frames: np.ndarray) -> np.ndarray:
+    """The frames of a span (sorted frame indices) a dynamic triple is checked on: its first two and
+    its last two (repeated where the span is shorter than four frames)."""
+    return np.r_[frames[:2], frames[-2:]]
+
+
 def _distance_change(det: np.ndarray, cen: np.ndarray, s: int, o: int, frames: np.ndarray) -> float | None:
     """How the distance between objects s and o changes over ``frames`` (a triple's span): the mean of
     its last two frames minus that of its first two; None unless both are detected at those ends."""
-    ends = np.r_[frames[:2], frames[-2:]]
+    ends = _span_ends(frames)
     if frames.size < 2 or not (det[s, ends] & det[o, ends]).all():
         return None
     distance = np.linalg.norm(cen[s, ends] - cen[o, ends], axis=-1)

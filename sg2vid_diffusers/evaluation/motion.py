@@ -21,7 +21,7 @@ import numpy as np
 from ..batching import active_triples
 from ..data.sg_shapes import DYNAMIC_PREDICATES
 from ..scene_graph import SceneGraph, parse_scene_graph
-from .conformance import _color_index, _distance_change, _drawn, detect_objects
+from .conformance import _color_index, _distance_change, _drawn, _span_ends, detect_objects
 
 __all__ = ["MotionReport", "dynamic_triple_motion"]
 
@@ -107,10 +107,11 @@ def dynamic_triple_motion(videos_and_graphs: Iterable[tuple[np.ndarray, SceneGra
             rel = graph.relationships[t]
             span = np.flatnonzero(in_span[t])
             s, o = colors[rel.subject], colors[rel.object]
-            ends = np.isin(np.arange(len(span)), [0, 1, len(span) - 2, len(span) - 1])
+            ends = np.unique(_span_ends(span))
+            inner = np.setdiff1d(span, ends)
             for c in {s, o}:
                 if drawn[c]:
-                    for tally, frames in ((report.end_frames, span[ends]), (report.inner_frames, span[~ends])):
+                    for tally, frames in ((report.end_frames, ends), (report.inner_frames, inner)):
                         tally[0] += int(det.detected[c, frames].sum())
                         tally[1] += len(frames)
             change = _distance_change(det.detected, det.centers, s, o, span)  # the metric's own figure
