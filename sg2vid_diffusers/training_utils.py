@@ -49,6 +49,7 @@ __all__ = [
     "set_trainable_parameters",
     "step_generator",
     "take_frame_windows",
+    "WholeClipBatches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -390,6 +391,36 @@ class EpochBatches:
             first = (batch * self.num_processes + self.process_index) * self.batch_size
             yield order[first : first + self.batch_size].tolist()
             step += 1
+
+
+class WholeClipBatches:
+    """Mixes whole clips into frame-window training: every ``every``-th micro-batch of ``batches``
+    (micro-batches ``every - 1``, ``2 * every - 1``, ...) keeps only its first ``num_clips`` clips, and
+    the training loop (:meth:`is_whole`) trains on all their frames instead of windows.
+
+    Why: a model trained only on short windows never sees a clip's frames together, and its temporal
+    attention does not learn to keep a moving object's colour over a whole clip; one trained only on
+    whole clips sees a quarter of the scenes per step at the same compute (docs/builtin_model.md,
+    "Moving objects change colour on the way"). With ``num_clips = batch x window / frames`` a whole-clip
+    micro-batch costs about what a window one does. Which micro-batches are whole depends only on their
+    index, so a resumed run mixes exactly as an uninterrupted one.
+    """
+
+    def __init__(self, batches: EpochBatches, every: int, num_clips: int):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if not 1 <= num_clips <= batches.batch_size:
+            raise ValueError(f"num_clips must be in [1, {batches.batch_size}] (the batch size), got {num_clips}")
+        self.batches, self.every, self.num_clips = batches, every, num_clips
+        self.batches_per_epoch = batches.batches_per_epoch
+
+    def is_whole(self, micro_batch: int) -> bool:
+        """Whether micro-batch ``micro_batch`` (counted from the run's first) trains on whole clips."""
+        return micro_batch % self.every == self.every - 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for micro_batch, clips in enumerate(self.batches, start=self.batches.start):
+            yield clips[: self.num_clips] if self.is_whole(micro_batch) else clips
 
 
 def step_generator(seed: int, *keys: int) -> torch.Generator:

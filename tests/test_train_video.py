@@ -41,6 +41,7 @@ from sg2vid_diffusers.training_utils import (
     sample_graph_dropout,
     set_trainable_parameters,
     take_frame_windows,
+    WholeClipBatches,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -535,6 +536,42 @@ def test_epoch_batches_split_each_global_batch_between_processes_and_resume_in_p
     resumed = iter(EpochBatches(8, 2, 1, 0, seed=0, start=3))
     assert [next(resumed) for _ in range(3)] == batches[3:]
     assert sorted(sum(batches[:4], [])) == list(range(8))  # an epoch visits every clip once
+
+
+def test_whole_clip_batches_shrink_every_nth_micro_batch_and_resume_in_place():
+    plain = iter(EpochBatches(8, 4, 1, 0, seed=0))
+    expected = [next(plain) for _ in range(6)]
+    mixed = WholeClipBatches(EpochBatches(8, 4, 1, 0, seed=0), every=3, num_clips=1)
+    batches = iter(mixed)
+    got = [next(batches) for _ in range(6)]
+    assert [mixed.is_whole(i) for i in range(6)] == [False, False, True, False, False, True]
+    assert got == [b[:1] if i in (2, 5) else b for i, b in enumerate(expected)]
+    resumed = iter(WholeClipBatches(EpochBatches(8, 4, 1, 0, seed=0, start=2), every=3, num_clips=1))
+    assert [next(resumed) for _ in range(4)] == got[2:]  # micro-batch 2 is whole in a resumed run too
+    with pytest.raises(ValueError, match="num_clips"):
+        WholeClipBatches(EpochBatches(8, 4, 1, 0, seed=0), every=3, num_clips=5)
+
+
+def test_whole_clips_are_mixed_into_frame_window_training(work, tmp_path):
+    seen = []  # (clips, frames) of each training forward of the UNet
+
+    def record(module, args, kwargs):
+        if isinstance(module, UNet3DConditionModel) and module.training:
+            sample = args[0] if args else kwargs["sample"]
+            seen.append((sample.shape[0], sample.shape[2]))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: record(m, a, {}))
+    try:
+        train("--pretrained_model_name_or_path", work / "pipe", "--frame_window", 2, "--whole_clip_every", 2,
+              *common(work, tmp_path / "mixed", "--max_train_steps", 4, "--train_batch_size", 4))  # fmt: skip
+    finally:
+        hook.remove()
+    # 4 clips x 2-frame windows, then 4 * 2 / 4 = 2 whole clips of 4 frames, in turn
+    assert seen == [(4, 2), (2, 4), (4, 2), (2, 4)]
+    with pytest.raises(SystemExit):  # whole clips mix into window training only
+        train("--pretrained_model_name_or_path", work / "pipe", "--whole_clip_every", 2,
+              *common(work, tmp_path / "bad", "--max_train_steps", 1))  # fmt: skip
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):

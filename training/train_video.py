@@ -90,6 +90,7 @@ from sg2vid_diffusers.training_utils import (
     set_trainable_parameters,
     step_generator,
     take_frame_windows,
+    WholeClipBatches,
 )
 from sg2vid_diffusers.utils import atomic_path, atomic_write_text
 from sg2vid_diffusers.video_io import write_video
@@ -204,6 +205,14 @@ def parse_args(argv=None):
         "(time spans are read on the whole clip). Default: the whole clip.",
     )
     data.add_argument(
+        "--whole_clip_every",
+        type=int,
+        default=None,
+        help="With --frame_window W: every N-th micro-batch trains on whole clips instead, the first B*W/F "
+        "clips of its batch of B (about the same compute), so that temporal attention also sees whole clips "
+        "(a model trained on windows alone lets moving objects change colour). Default: windows only.",
+    )
+    data.add_argument(
         "--resolution",
         type=int,
         default=None,
@@ -238,8 +247,11 @@ def parse_args(argv=None):
         parser.error("--rank and --train_unet exclude each other (LoRA or the whole UNet)")
     check_training_arguments(
         parser, args,
-        positive=("frame_stride", "num_validation_inference_steps", "rank", "num_frames", "resolution", "frame_window"),
+        positive=("frame_stride", "num_validation_inference_steps", "rank", "num_frames", "resolution", "frame_window",
+                  "whole_clip_every"),
     )  # fmt: skip
+    if args.whole_clip_every is not None and args.frame_window is None:
+        parser.error("--whole_clip_every mixes whole clips into --frame_window training: give --frame_window")
     if not 0 <= args.graph_dropout <= 1:
         parser.error(f"--graph_dropout must be in [0, 1], got {args.graph_dropout}")
     if args.layout_loss_weight < 0:
@@ -749,6 +761,10 @@ def main(args):
         args.seed,
         start=global_step * args.gradient_accumulation_steps,
     )
+    if args.whole_clip_every is not None:
+        whole_clips = max(1, args.train_batch_size * args.frame_window // args.num_frames)
+        sampler = WholeClipBatches(sampler, args.whole_clip_every, whole_clips)
+        logger.info(f"1 micro-batch in {args.whole_clip_every}: {whole_clips} whole clips instead of windows")
     if args.cache_latents:
         train_set = cache_latents(train_set, vae, args, accelerator, vocab)
     micro_batches = iter(
@@ -807,7 +823,8 @@ def main(args):
                 latents = encode_videos(vae, videos, generator=generator)  # (B, C, F, h, w)
             batch_size = latents.shape[0]
             frame_starts = None
-            if args.frame_window is not None:  # drawn from this micro-batch's generator like every draw
+            whole = args.whole_clip_every is not None and sampler.is_whole(micro_batch)
+            if args.frame_window is not None and not whole:  # drawn from this micro-batch's generator
                 # (B,) on the CPU: checked there without a device sync; the helpers move their indices.
                 frame_starts = sample_frame_windows(args.num_frames, args.frame_window, batch_size, generator)
                 latents = take_frame_windows(latents, frame_starts, args.frame_window)
