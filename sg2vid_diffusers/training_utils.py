@@ -33,6 +33,7 @@ __all__ = [
     "check_training_arguments",
     "EpochBatches",
     "GraphConditionedDenoiser",
+    "WholeClipBatches",
     "layout_loss",
     "layout_readout",
     "motion_readout",
@@ -49,7 +50,6 @@ __all__ = [
     "set_trainable_parameters",
     "step_generator",
     "take_frame_windows",
-    "WholeClipBatches",
 ]
 
 logger = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from sg2vid_diffusers.scene_graph import parse_scene_graphs
 from sg2vid_diffusers.training_utils import (
     EpochBatches,
     GraphConditionedDenoiser,
+    WholeClipBatches,
     diffusion_loss,
     encode_videos,
     clip_motion,
@@ -41,7 +42,6 @@ from sg2vid_diffusers.training_utils import (
     sample_graph_dropout,
     set_trainable_parameters,
     take_frame_windows,
-    WholeClipBatches,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -77,6 +77,7 @@ from sg2vid_diffusers.training_utils import (
     add_training_arguments,
     check_training_arguments,
     GraphConditionedDenoiser,
+    WholeClipBatches,
     diffusion_loss,
     diffusion_target,
     layout_loss,
@@ -90,7 +91,6 @@ from sg2vid_diffusers.training_utils import (
     set_trainable_parameters,
     step_generator,
     take_frame_windows,
-    WholeClipBatches,
 )
 from sg2vid_diffusers.utils import atomic_path, atomic_write_text
 from sg2vid_diffusers.video_io import write_video
