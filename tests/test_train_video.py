@@ -555,12 +555,11 @@ def test_whole_clip_batches_shrink_every_nth_micro_batch_and_resume_in_place():
 def test_whole_clips_are_mixed_into_frame_window_training(work, tmp_path):
     seen = []  # (clips, frames) of each training forward of the UNet
 
-    def record(module, args, kwargs):
+    def record(module, args):  # the denoiser passes the noisy latents first, positionally
         if isinstance(module, UNet3DConditionModel) and module.training:
-            sample = args[0] if args else kwargs["sample"]
-            seen.append((sample.shape[0], sample.shape[2]))
+            seen.append((args[0].shape[0], args[0].shape[2]))
 
-    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: record(m, a, {}))
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
         train("--pretrained_model_name_or_path", work / "pipe", "--frame_window", 2, "--whole_clip_every", 2,
               *common(work, tmp_path / "mixed", "--max_train_steps", 4, "--train_batch_size", 4))  # fmt: skip
