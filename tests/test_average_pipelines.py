@@ -22,6 +22,7 @@ def _trained(seed: int) -> SceneGraphToVideoPipeline:
     pipe = tiny_pipeline(0)
     pipe.unet, pipe.sg_encoder = tiny_unet(seed=seed).eval(), tiny_encoder(seed).eval()
     pipe.register_modules(unet=pipe.unet, sg_encoder=pipe.sg_encoder)
+    pipe.register_to_config(default_guidance_scale=float(seed + 3))  # sampling defaults may differ
     return pipe
 
 
@@ -57,6 +58,7 @@ def test_the_output_is_the_weighted_mean_and_everything_else_is_the_first_source
     assert ("weight 0.75" if weights else "weight 0.5") in (out / "README.md").read_text()
 
     pipe = SceneGraphToVideoPipeline.from_pretrained(out)
+    assert pipe.config.default_guidance_scale == 4.0  # the first source's
     pipe.set_progress_bar_config(disable=True)
     kw = dict(num_frames=2, height=16, width=16, num_inference_steps=2)
     first = pipe(scene_graph=GRAPH, generator=torch.Generator().manual_seed(0), **kw).frames

@@ -174,3 +174,31 @@ def test_an_interrupted_stage_and_leg_still_count_the_time_they_ran(tmp_path, mo
     legs = json.loads((tmp_path / "video_legs.json").read_text())
     assert [(r["from_step"], r["to_step"]) for r in legs][:2] == [(0, 2), (0, 2)]
     assert json.loads((tmp_path / "stage_times.json").read_text())["video"] >= 0.3
+
+
+def test_a_preset_with_video_average_ends_the_video_stage_with_the_mean_of_its_runs(tmp_path):
+    import torch
+
+    from sg2vid_diffusers import SceneGraphToVideoPipeline
+    from tiny_models import tiny_encoder, tiny_pipeline, tiny_unet
+
+    recipe = load_recipe()
+    preset = {"video_legs": [{"max_train_steps": 10}, {"max_train_steps": 20, "fine_tune_into": "video_b"}],
+              "video_average": ["video", "video_b"]}  # fmt: skip
+    for seed, name in ((1, "video"), (2, "video_b")):
+        pipe = tiny_pipeline(0)
+        pipe.register_modules(unet=tiny_unet(seed=seed), sg_encoder=tiny_encoder(seed))
+        pipe.save_pretrained(tmp_path / name)
+        (tmp_path / name / "README.md").write_text(f'# card\n\npipe = from_pretrained("{tmp_path / name}")\n')
+    assert recipe.final_video_dir(preset, tmp_path) == tmp_path / "video_average"
+    assert recipe.guidance_model(preset, tmp_path) == {"folder": "video_average", "steps": 20}
+
+    assert recipe.average_runs(preset, tmp_path) is True
+    load = lambda name: SceneGraphToVideoPipeline.from_pretrained(tmp_path / name, dtype=torch.float32)  # noqa: E731
+    a, b, mean = load("video").unet.state_dict(), load("video_b").unet.state_dict(), load("video_average").unet.state_dict()
+    assert all(torch.allclose(mean[k], (a[k] + b[k]) / 2) for k in a) and any(not torch.equal(a[k], b[k]) for k in a)
+    card = (tmp_path / "video_average" / "README.md").read_text()
+    assert f'from_pretrained("{tmp_path / "video_average"}")' in card  # the example loads the average
+    assert "## Weight average" in card and "`video`, `video_b`" in card
+    assert recipe.average_runs(preset, tmp_path) is False  # done, and newer than its sources
+    assert recipe.average_runs({"video_legs": preset["video_legs"]}, tmp_path) is False  # nothing to average

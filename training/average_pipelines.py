@@ -5,10 +5,11 @@
         runs/builtin/video_motion3 runs/builtin/video_mix runs/builtin/video_mix2
 
 The UNet and the scene-graph encoder (the components training changes) are averaged tensor by
-tensor, in float64, with equal weights unless ``--weights`` says otherwise; every other component
-(VAE, text encoder, tokenizer, scheduler) and the pipeline's defaults (guidance, motion scale) are
-the first source's, and must be the same in every source: an averaged VAE would move the latent
-space the UNets were trained in. Sources that differ in architecture (configs) or tensors are
+tensor, in float64, with equal weights unless ``--weights`` says otherwise. Every other component
+(VAE, text encoder, tokenizer, scheduler) is the first source's and must be the same in every
+source: an averaged VAE would move the latent space the UNets were trained in. The pipeline's
+sampling defaults (guidance, motion scale) are the first source's; choose them again for the
+average (the built-in recipe's guidance stage does). Sources that differ in architecture (configs) or tensors are
 refused with a ``PipelineAverageError`` naming the component and the field before anything is
 written; the output folder appears whole or not at all. Score the result like any pipeline
 (``sg2vid generate --model DIR``, then ``sg2vid evaluate``): docs/builtin_model.md has what it did
@@ -80,10 +81,6 @@ def average_pipelines(pipes, weights=None):
     for index, pipe in enumerate(pipes[1:], start=1):
         if sorted(pipe.components) != names:
             raise PipelineAverageError(f"components: source {index} has {sorted(pipe.components)}, source 0 {names}")
-        for key in ("default_guidance_scale", "default_motion_scale"):
-            if pipe.config.get(key) != first.config.get(key):
-                raise PipelineAverageError(f"{key}: source {index} has {pipe.config.get(key)}, "
-                                           f"source 0 {first.config.get(key)}")  # fmt: skip
     for name in names:
         modules = [pipe.components[name] for pipe in pipes]
         if any((m is None) != (modules[0] is None) for m in modules):

@@ -14,7 +14,9 @@ after an interruption, so rerunning the same command continues where it stopped)
 4. ``video``: the graph-only UNet from scratch (``train_video.py``), in legs: each resumes the last
    one's checkpoint with its own flags, or (``"fine_tune_into": DIR``) starts a new run in WORK/DIR
    from the pipeline the legs before it saved (their EMA weights; a new optimizer, schedule and
-   EMA), which is how a leg can change the model itself (e.g. ``--graph_position_dim``);
+   EMA), which is how a leg can change the model itself (e.g. ``--graph_position_dim``); with a
+   ``video_average`` list of runs, the stage ends by averaging their UNet and encoder weights into
+   WORK/video_average (``average_pipelines.py``), the model the later stages use;
 5. ``guidance``: the default classifier-free guidance, chosen on validation graphs;
 6. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder),
    at most 20 MB;
@@ -101,8 +103,16 @@ PRESETS = {
               for steps, folder, extra in ((20400, "video_layout", []), (23400, "video_layout2", []),
                                            (26400, "video_layout3", []),
                                            (29400, "video_motion2", ["--graph_layout_motion"]),
-                                           (32400, "video_motion3", ["--graph_layout_motion"]))),
+                                           (32400, "video_motion3", ["--graph_layout_motion"]),
+                                           # two legs with one micro-batch in four on whole clips: each
+                                           # alone no better than the 32,400-step model, their average is
+                                           (35400, "video_mix", ["--graph_layout_motion", "--whole_clip_every", "4"]),
+                                           (38400, "video_mix2", ["--graph_layout_motion", "--whole_clip_every", "4"]))),
         ],
+        # The shipped model is the mean of the UNet and encoder weights of the last three legs' pipelines
+        # (training/average_pipelines.py; docs/builtin_model.md, "Weight averages"): better on the test
+        # graphs than any of the three alone.
+        "video_average": ["video_motion3", "video_mix", "video_mix2"],
         "checkpointing_steps": "250",
         # 1 to 8 for the models before the moving layout (6 won for the 26,400-step one; 1 and 2 have been
         # far behind for every model); 6 to 10, and motion scales 1 to 2, for the shipped 32,400-step one.
@@ -261,16 +271,43 @@ def legs_to_train(runs: list[tuple[dict, Path, Path | None, int]]) -> list[tuple
     return todo
 
 
+AVERAGE_DIR = "video_average"
+
+
 def final_video_dir(preset, work: Path) -> Path:
-    """The pipeline folder the video stage ends with (what the guidance, export and evaluate stages use)."""
-    return video_runs(preset, work)[-1][1]
+    """The pipeline folder the video stage ends with (what the guidance, export and evaluate stages use):
+    the last leg's run, or the average of the preset's ``video_average`` runs."""
+    return work / AVERAGE_DIR if preset.get("video_average") else video_runs(preset, work)[-1][1]
+
+
+def average_runs(preset, work: Path) -> bool:
+    """Write WORK/video_average, the mean of the UNet and encoder weights of the preset's
+    ``video_average`` runs (``training/average_pipelines.py``), with the last run's model card and a
+    section saying what it averages. False when there is nothing to do (no ``video_average``, or the
+    average is there and newer than each of its sources)."""
+    names = preset.get("video_average")
+    if not names:
+        return False
+    out, sources = work / AVERAGE_DIR, [work / name for name in names]
+    index = out / "model_index.json"
+    if index.is_file() and all(index.stat().st_mtime >= (s / "model_index.json").stat().st_mtime for s in sources):
+        return False
+    run([sys.executable, str(ROOT / "training" / "average_pipelines.py"), *map(str, sources),
+         "--output_dir", str(out), "--overwrite"])  # fmt: skip
+    card = (sources[-1] / "README.md").read_text() if (sources[-1] / "README.md").is_file() else ""
+    card = card.replace(f'from_pretrained("{sources[-1]}")', f'from_pretrained("{out}")')
+    atomic_write_text(out / "README.md", card.rstrip() + "\n\n## Weight average\n\nThe UNet and the scene-graph "
+                      f"encoder are the mean of those of {', '.join(f'`{name}`' for name in names)} (the video "
+                      "stage's runs, `training/average_pipelines.py`; *Training* above is the last one's); the rest is the "
+                      "first one's.\n")  # fmt: skip
+    return True
 
 
 def stage_video(args, preset, work: Path) -> None:
     runs = video_runs(preset, work)
     final_leg, final_out, _, final_offset = runs[-1]
     if (final_out / "model_index.json").is_file() and final_offset + video_done(final_out) >= final_leg["max_train_steps"]:
-        return False
+        return average_runs(preset, work)
     unet_config = work / "unet_config.json"
     unet_config.write_text(json.dumps(preset["unet"], indent=1))
     graphs = write_graphs(work / "data" / "test", work / "validation_graphs.jsonl", limit=4)
@@ -292,6 +329,7 @@ def stage_video(args, preset, work: Path) -> None:
         finally:  # an interrupted leg's time counts too (its resumed run adds a second record of the same leg)
             record_leg(work, from_step, leg["max_train_steps"], seconds=time.time() - start,
                        flags=leg.get("flags", []), fine_tune=bool(leg.get("fine_tune_into")))  # fmt: skip
+    average_runs(preset, work)
 
 
 def option(flags: list[str], name: str) -> str:
@@ -471,7 +509,9 @@ def recipe_section(args, preset, work: Path) -> str:
                 f"reconstructions of validation clips: {vae_figures}"),
         ("video", f"the UNet from scratch with the encoder fine-tuned (`train_video.py`, above), "
                   f"{preset['video_legs'][-1]['max_train_steps']} steps, batches of "
-                  f"{option(preset['video'], '--train_batch_size')} clips{legs_text(work)}"),
+                  f"{option(preset['video'], '--train_batch_size')} clips{legs_text(work)}"
+                  + (f"; then the mean of the UNet and encoder weights of the runs {', '.join(preset['video_average'])} "
+                     "(`training/average_pipelines.py`)" if preset.get("video_average") else "")),
         ("guidance", guidance_text(work)),
     ]  # fmt: skip
     lines = [
