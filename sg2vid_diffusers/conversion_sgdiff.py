@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +19,7 @@ from typing import Any, Mapping
 import torch
 
 from .models.sg_encoder import SceneGraphEncoder
+from .utils import save_folder_atomically
 from .vocabulary import Vocabulary
 
 __all__ = [
@@ -170,32 +169,6 @@ def _check_keys_and_shapes(model: SceneGraphEncoder, state_dict: Mapping[str, to
         )
 
 
-def _save_folder_atomically(model: SceneGraphEncoder, output_dir: Path, overwrite: bool) -> None:
-    """``save_pretrained`` into a temporary folder beside ``output_dir``, then rename it into place:
-    a failed conversion leaves nothing half-written."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"{output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty (pass --overwrite / overwrite=True to replace it)")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    old = None
-    try:
-        model.save_pretrained(tmp)
-        if output_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".old", dir=output_dir.parent))
-            os.replace(output_dir, old)
-        os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        if old is not None and old.exists():
-            if output_dir.exists():
-                shutil.rmtree(old)
-            else:
-                os.replace(old, output_dir)  # the final rename failed: put the old folder back
-
-
 def convert_sgdiff_encoder(
     checkpoint_path: str | os.PathLike,
     vocab_path: str | os.PathLike,
@@ -235,5 +208,5 @@ def convert_sgdiff_encoder(
     model.load_state_dict(state_dict, strict=True)
     model.vocab = vocab
     model.eval()
-    _save_folder_atomically(model, Path(output_dir), overwrite)
+    save_folder_atomically(model, Path(output_dir), overwrite)
     return model

@@ -19,16 +19,15 @@ import importlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .conversion_sgdiff import _save_folder_atomically
 from .models.sg_encoder import SceneGraphEncoder
 from .models.unet_3d_graph import SceneGraphUNet3DConditionModel, is_graph_weight
 from .pipelines.pipeline_sg2vid import SceneGraphToVideoPipeline
+from .utils import PipelineFolder, save_folder_atomically
 
 __all__ = [
     "DTYPES",
@@ -358,19 +357,6 @@ def _model_card(pipe: SceneGraphToVideoPipeline, t2v_path: Path, sg_encoder: Any
     return "\n".join(lines) + "\n"
 
 
-class _PipelineFolder:
-    """What ``_save_folder_atomically`` writes: the pipeline, its model card and the source's license files."""
-
-    def __init__(self, pipe: SceneGraphToVideoPipeline, card: str, license_files: list[Path]):
-        self.pipe, self.card, self.license_files = pipe, card, license_files
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        self.pipe.save_pretrained(directory)
-        Path(directory, "README.md").write_text(self.card)
-        for file in self.license_files:
-            shutil.copyfile(file, Path(directory, file.name))
-
-
 def convert_t2v_to_sg2vid(
     t2v_path: str | os.PathLike,
     sg_encoder: str | os.PathLike | SceneGraphEncoder,
@@ -408,5 +394,5 @@ def convert_t2v_to_sg2vid(
     license_name = _front_matter_license(t2v_path / "README.md")
     license_files = [t2v_path / name for name in _LICENSE_FILES if (t2v_path / name).is_file()]
     card = _model_card(pipe, t2v_path, sg_encoder, license_name)
-    _save_folder_atomically(_PipelineFolder(pipe, card, license_files), output_dir, overwrite)
+    save_folder_atomically(PipelineFolder(pipe, card, license_files), output_dir, overwrite)
     return pipe

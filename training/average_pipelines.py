@@ -18,8 +18,6 @@ for the built-in model.
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 AVERAGED = ("unet", "sg_encoder")
@@ -32,6 +30,22 @@ class PipelineAverageError(ValueError):
     """The sources cannot be averaged (different architectures, components or weights)."""
 
 
+def normalised_weights(weights, count: int) -> list[float]:
+    """``weights`` (None: equal) for ``count`` sources, scaled to sum to 1; a
+    :class:`PipelineAverageError` for fewer than two sources or bad weights."""
+    if count < 2:
+        raise PipelineAverageError(f"sources: at least two pipelines are needed, got {count}")
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(weights) != count:
+        raise PipelineAverageError(f"weights: {len(weights)} weights for {count} sources")
+    bad = next((i for i, w in enumerate(weights) if not w >= 0), None)
+    if bad is not None:
+        raise PipelineAverageError(f"weights: each must be >= 0 (index {bad}: {weights[bad]:g})")
+    if sum(weights) <= 0:
+        raise PipelineAverageError(f"weights: their sum must be positive, got {weights}")
+    return [w / sum(weights) for w in weights]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sources", nargs="+", help="pipeline folders (save_pretrained) to average; at least two")
@@ -40,14 +54,10 @@ def parse_args(argv=None):
                    help="one weight per source (normalised to sum to 1; default: equal)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
     args = p.parse_args(argv)
-    if len(args.sources) < 2:
-        p.error(f"sources: at least two pipeline folders are needed, got {len(args.sources)}")
-    if args.weights is not None:
-        if len(args.weights) != len(args.sources):
-            p.error(f"--weights: {len(args.weights)} weights for {len(args.sources)} sources")
-        bad = next((i for i, w in enumerate(args.weights) if not w >= 0), None)
-        if bad is not None or sum(args.weights) <= 0:
-            p.error(f"--weights: weights must be >= 0 with a positive sum (index {bad}: {args.weights[bad or 0]})")
+    try:
+        args.weights = normalised_weights(args.weights, len(args.sources))
+    except PipelineAverageError as error:
+        p.error(str(error))
     if args.output_dir.exists() and not args.overwrite:
         p.error(f"--output_dir: {args.output_dir} exists (pass --overwrite to replace it)")
     return args
@@ -55,9 +65,9 @@ def parse_args(argv=None):
 
 def _config(module) -> dict:
     config = getattr(module, "config", None)
-    config = dict(config) if config is not None else {}
-    if hasattr(config, "to_dict"):
-        config = config.to_dict()
+    if config is None:
+        return {}
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers' or diffusers'
     config = {k: v for k, v in config.items() if k not in _PROVENANCE and not k.startswith("_")}
     return json.loads(json.dumps(config, default=str))  # as saved: tuples and lists alike
 
@@ -69,12 +79,7 @@ def average_pipelines(pipes, weights=None):
     component that is not averaged."""
     import torch
 
-    if len(pipes) < 2:
-        raise PipelineAverageError(f"sources: at least two pipelines are needed, got {len(pipes)}")
-    weights = [1.0] * len(pipes) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(pipes) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
-        raise PipelineAverageError(f"weights: one weight >= 0 per pipeline with a positive sum, got {weights}")
-    weights = [w / sum(weights) for w in weights]
+    weights = normalised_weights(weights, len(pipes))
     first = pipes[0]
     names = sorted(first.components)
     states = {}
@@ -131,22 +136,14 @@ def main(argv=None):
     import torch
 
     from sg2vid_diffusers import SceneGraphToVideoPipeline
+    from sg2vid_diffusers.utils import PipelineFolder, save_folder_atomically
 
     pipes = [SceneGraphToVideoPipeline.from_pretrained(s, dtype=torch.float32) for s in args.sources]
     pipe = average_pipelines(pipes, args.weights)
-    args.output_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=args.output_dir.parent, prefix=f".{args.output_dir.name}.") as tmp:
-        folder = Path(tmp) / "pipeline"
-        pipe.save_pretrained(folder)
-        weights = args.weights or [1.0] * len(args.sources)
-        lines = [f"- `{s}`: weight {w / sum(weights):.4g}" for s, w in zip(args.sources, weights)]
-        (folder / "README.md").write_text(
-            "# An average of trained pipelines\n\nThe UNet and scene-graph encoder are the weighted mean of "
-            "those of (`training/average_pipelines.py`):\n\n" + "\n".join(lines) + "\n\nEverything else is the "
-            "first source's.\n")  # fmt: skip
-        if args.output_dir.exists():
-            shutil.rmtree(args.output_dir)
-        folder.rename(args.output_dir)
+    lines = [f"- `{s}`: weight {w:.4g}" for s, w in zip(args.sources, args.weights)]
+    card = ("# An average of trained pipelines\n\nThe UNet and scene-graph encoder are the weighted mean of those of "
+            "(`training/average_pipelines.py`):\n\n" + "\n".join(lines) + "\n\nEverything else is the first source's.\n")  # fmt: skip
+    save_folder_atomically(PipelineFolder(pipe, card), args.output_dir, overwrite=True)  # parse_args asked first
     print(f"averaged {len(args.sources)} pipelines into {args.output_dir}")
 
 
