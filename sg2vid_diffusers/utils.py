@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "save_folder_atomically", "PipelineFolder"]
 
@@ -78,7 +78,7 @@ class PipelineFolder:
     """What :func:`save_folder_atomically` writes for a pipeline: the pipeline, its model card and
     any files copied beside them (e.g. a source's license files)."""
 
-    def __init__(self, pipe, card: str, files: list[Path] = ()):
+    def __init__(self, pipe, card: str, files: Iterable[Path] = ()):
         self.pipe, self.card, self.files = pipe, card, list(files)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -41,9 +41,10 @@ def normalised_weights(weights, count: int) -> list[float]:
     bad = next((i for i, w in enumerate(weights) if not w >= 0), None)
     if bad is not None:
         raise PipelineAverageError(f"weights: each must be >= 0 (index {bad}: {weights[bad]:g})")
-    if sum(weights) <= 0:
+    total = sum(weights)
+    if total <= 0:
         raise PipelineAverageError(f"weights: their sum must be positive, got {weights}")
-    return [w / sum(weights) for w in weights]
+    return [w / total for w in weights]
 
 
 def parse_args(argv=None):

@@ -295,7 +295,7 @@ def average_runs(preset, work: Path) -> bool:
     run([sys.executable, str(ROOT / "training" / "average_pipelines.py"), *map(str, sources),
          "--output_dir", str(out), "--overwrite"])  # fmt: skip
     card = (sources[-1] / "README.md").read_text() if (sources[-1] / "README.md").is_file() else ""
-    card = card.replace(f'from_pretrained("{sources[-1]}")', f'from_pretrained("{out}")')
+    card = exported_card(card, sources[-1], out)
     atomic_write_text(out / "README.md", card.rstrip() + "\n\n## Weight average\n\nThe UNet and the scene-graph "
                       f"encoder are the mean of those of {', '.join(f'`{name}`' for name in names)} (the video "
                       "stage's runs, `training/average_pipelines.py`; *Training* above is the last one's); the rest is the "
@@ -465,8 +465,9 @@ def stage_export(args, preset, work: Path) -> None:
 
 
 def exported_card(card: str, trained: Path, export_dir: Path) -> str:
-    """The trained pipeline's model card as the exported copy's: its example loads the export (the
-    built-in folder: ``from_builtin()``), and its command names the scripts relative to the checkout."""
+    """The trained pipeline's model card as that of a copy in ``export_dir`` (the export, or the weight
+    average): its example loads the copy (the built-in folder: ``from_builtin()``), and its command
+    names the scripts relative to the checkout."""
     load = "from_builtin()" if export_dir.resolve() == BUILTIN_DIR.resolve() else f'from_pretrained("{export_dir}")'
     card = card.replace(f'from_pretrained("{trained}")', load)
     return card.replace(f"{ROOT}/", "")
