@@ -6,7 +6,8 @@
     sg2vid evaluate --scene-graph G.json --video V.mp4 [--json]
     sg2vid render --scene-graph G.json --output V.{mp4,gif,npy} [--seed 0] [--num-frames 16]
     sg2vid generate --scene-graph G.json --output V.{mp4,gif,npy} [--model DIR] [--seed N]
-        [--num-frames F] [--num-inference-steps S] [--guidance-scale X] [--preview P.png]
+        [--num-frames F] [--num-inference-steps S] [--guidance-scale X] [--motion-scale M]
+        [--layout-scale L] [--preview P.png]
     sg2vid generate --scene-graph GRAPHS.jsonl --output-dir DIR [...]   (a make-dataset-style folder)
 
 ``render`` draws an SG-Shapes clip that obeys the graph by search (no model): the exact
@@ -181,6 +182,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--motion-scale", type=float, default=None,
                    help="a moving-layout model's motion, 0 (still) to 1 (as trained) and beyond "
                         "(default: the model's default_motion_scale)")
+    p.add_argument("--layout-scale", type=float, default=None,
+                   help="a layout-bias model's pull of each object to its inferred box, 1 = as trained "
+                        "(default: the model's default_layout_scale)")
     p.add_argument("--batch-size", type=int, default=4, help="videos generated together (.jsonl)")
     p.add_argument("--preview", type=Path, help="also draw the graph beside a strip of frames (PNG), with --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
@@ -211,6 +215,13 @@ def _generate(args: argparse.Namespace) -> int:
             check_motion_scale(args.motion_scale, graph_layout_motion=True)
         except ValueError:
             raise _UsageError(f"--motion-scale must be a finite number >= 0, got {args.motion_scale}") from None
+    if args.layout_scale is not None:
+        from .models.unet_3d_graph import check_layout_scale
+
+        try:
+            check_layout_scale(args.layout_scale, graph_layout_bias=True)
+        except ValueError:
+            raise _UsageError(f"--layout-scale must be a finite number >= 0, got {args.layout_scale}") from None
     graphs = parse_scene_graphs(args.scene_graph)
     if args.output is not None and len(graphs) != 1:
         raise _UsageError(f"--output takes one graph; {args.scene_graph} holds {len(graphs)} (use --output-dir)")
@@ -232,6 +243,13 @@ def _generate(args: argparse.Namespace) -> int:
             raise _UsageError(
                 f"--motion-scale {args.motion_scale:g}: this model has no moving layout to scale (leave it out)"
             ) from None
+    if args.layout_scale is not None:
+        try:
+            check_layout_scale(args.layout_scale, pipe.unet.config.graph_layout_bias)
+        except ValueError:
+            raise _UsageError(
+                f"--layout-scale {args.layout_scale:g}: this model has no layout bias to scale (leave it out)"
+            ) from None
     limits = dict(vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
     if args.output is not None:
         graphs = [parse_scene_graph(graphs[0], **limits)]  # errors name fields without a list prefix
@@ -246,6 +264,7 @@ def _generate(args: argparse.Namespace) -> int:
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,
             motion_scale=args.motion_scale,
+            layout_scale=args.layout_scale,
             generator=generators,
             drop_graph=args.drop_graph,
         ).frames

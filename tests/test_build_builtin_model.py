@@ -55,7 +55,15 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert model_index["default_motion_scale"] == guidance["motion_scale"] in (1.0, 2.0)
     assert (tmp_path / "work" / "guidance" / f"{guidance['chosen']:g}_motion2" / "metadata.jsonl").is_file()
     assert f"default motion scale {guidance['motion_scale']:g}, the best of (1: " in card
-    assert f"and motion scale {guidance['motion_scale']:g}, seed = graph index" in card
+    # Its layout bias: the layout scale chosen next, at the chosen guidance and motion scale, and exported.
+    assert set(guidance["layout_figures"]) == {"1", "2"}
+    assert guidance["layout_figures"]["1"] == guidance["motion_figures"][f"{guidance['motion_scale']:g}"]
+    assert model_index["default_layout_scale"] == guidance["layout_scale"] in (1.0, 2.0)
+    layout_run = f"{guidance['chosen']:g}_motion{guidance['motion_scale']:g}_layout2"
+    assert (tmp_path / "work" / "guidance" / layout_run / "metadata.jsonl").is_file()
+    assert f"default layout scale {guidance['layout_scale']:g}, the best of (1: " in card
+    assert (f", motion scale {guidance['motion_scale']:g}, layout scale {guidance['layout_scale']:g}, "
+            "seed = graph index") in card
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
     # The smoke preset's three legs, the second on frame windows with the layout loss, the third a
@@ -202,3 +210,33 @@ def test_a_preset_with_video_average_ends_the_video_stage_with_the_mean_of_its_r
     assert "## Weight average" in card and "`video`, `video_b`" in card
     assert recipe.average_runs(preset, tmp_path) is False  # done, and newer than its sources
     assert recipe.average_runs({"video_legs": preset["video_legs"]}, tmp_path) is False  # nothing to average
+
+
+def test_a_guidance_choice_made_before_layout_scales_only_gets_the_layout_scale_added(tmp_path, monkeypatch):
+    """A work folder whose guidance stage ran before the recipe chose layout scales keeps its guidance
+    and motion choices (their rows are not generated again) and gains only the layout-scale choice."""
+    from test_pipeline import moving_pipeline
+
+    recipe = load_recipe()
+    preset = {**recipe.PRESETS["smoke"], "video_legs": [{"max_train_steps": 5}], "layout_scales": [1.0, 3.0]}
+    moving_pipeline().save_pretrained(tmp_path / "video")
+    row = lambda recall: {"relation_accuracy": 0.5, "object_recall": recall, "shape_accuracy": 1.0,  # noqa: E731
+                          "spurious_per_video": 0.0, "num_videos": 2}
+    before = {"chosen": 4.0, "model": recipe.guidance_model(preset, tmp_path), "figures": {"1": row(0.1), "4": row(0.5)},
+              "motion_scale": 2.0, "motion_figures": {"1": row(0.5), "2": row(0.6)}}  # fmt: skip
+    (tmp_path / "guidance.json").write_text(json.dumps(before))
+    commands = []
+
+    monkeypatch.setattr(recipe, "run", commands.append)  # the generate commands the stage would run
+    monkeypatch.setattr(recipe, "make_split", lambda *a: tmp_path / "validation")
+    monkeypatch.setattr(recipe, "write_graphs", lambda *a, **k: tmp_path / "graphs.jsonl")
+    monkeypatch.setattr(recipe, "evaluate_folder", lambda folder: row(0.9))
+    args = recipe.parse_args(["--work_dir", str(tmp_path), "--preset", "smoke"])
+    assert recipe.stage_guidance(args, preset, tmp_path) is True
+    after = json.loads((tmp_path / "guidance.json").read_text())
+    assert {k: after[k] for k in before} == before  # guidance and motion choices kept as they were
+    assert after["layout_figures"] == {"1": row(0.6), "3": row(0.9)} and after["layout_scale"] == 3.0
+    [command] = commands  # one generation: the layout scale 3 at guidance 4 and motion scale 2
+    assert command[command.index("--guidance-scale") + 1] == "4" and command[command.index("--motion-scale") + 1] == "2"
+    assert command[command.index("--layout-scale") + 1] == "3.0"
+    assert recipe.stage_guidance(args, preset, tmp_path) is False and len(commands) == 1  # nothing left to choose

@@ -104,6 +104,9 @@ def test_a_bad_line_in_a_jsonl_fails_before_anything_is_generated(model_dir, tmp
         (["--output", "v.mp4", "--motion-scale", "-0.5"], "--motion-scale must be a finite number >= 0, got -0.5"),
         (["--output", "v.mp4", "--motion-scale", "nan"], "--motion-scale must be a finite number >= 0"),
         (["--output", "v.mp4", "--motion-scale", "2"], "--motion-scale 2: this model has no moving layout"),
+        (["--output", "v.mp4", "--layout-scale", "-1"], "--layout-scale must be a finite number >= 0, got -1"),
+        (["--output", "v.mp4", "--layout-scale", "inf"], "--layout-scale must be a finite number >= 0"),
+        (["--output", "v.mp4", "--layout-scale", "2"], "--layout-scale 2: this model has no layout bias"),
     ],
 )
 def test_bad_arguments(model_dir, tmp_path, capsys, extra, message):
@@ -136,3 +139,21 @@ def test_motion_scale_reaches_a_moving_layout_model(tmp_path):
         videos[scale] = read_video(out)
     assert np.array_equal(videos[None], videos["1"])
     assert not np.array_equal(videos["0"], videos["1"])
+
+
+def test_layout_scale_reaches_a_layout_bias_model(tmp_path):
+    """--layout-scale is the pipeline's layout_scale: 1 is the model's default, others change the video."""
+    from test_pipeline import moving_pipeline
+
+    pipe = moving_pipeline()
+    pipe.save_pretrained(tmp_path / "layout")
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(GRAPH))
+    videos = {}
+    for scale in (None, "1", "3"):
+        out = tmp_path / f"{scale}.npy"
+        extra = [] if scale is None else ["--layout-scale", scale]
+        assert main(["generate", "--scene-graph", str(path), "--output", str(out), "--model", str(tmp_path / "layout")] + FAST + extra) == 0
+        videos[scale] = read_video(out)
+    assert np.array_equal(videos[None], videos["1"])
+    assert not np.array_equal(videos["3"], videos["1"])

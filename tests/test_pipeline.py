@@ -351,3 +351,67 @@ def test_a_model_without_the_moving_layout_takes_only_motion_scale_one(pipe):
         np.testing.assert_array_equal(_run(pipe, DYNAMIC), _run(pipe, DYNAMIC, motion_scale=1.0))
     finally:
         pipe.register_to_config(default_motion_scale=1.0)
+
+
+def test_layout_scale_multiplies_the_layout_bias_at_sampling_time(tmp_path):
+    pipe = moving_pipeline()  # layout scales 2.0 in every graph layer
+    as_trained = _run(pipe, DYNAMIC)
+    np.testing.assert_array_equal(as_trained, _run(pipe, DYNAMIC, layout_scale=1.0))  # the default is the model
+    doubled, off = _run(pipe, DYNAMIC, layout_scale=2.0), _run(pipe, DYNAMIC, layout_scale=0.0)
+    assert np.abs(doubled - as_trained).max() > 1e-4 and np.abs(off - as_trained).max() > 1e-4
+
+    def with_learnt_scales(value):
+        with torch.no_grad():
+            for name, param in pipe.unet.named_parameters():
+                if name.endswith("layout_scale"):
+                    param.fill_(value)
+        return _run(pipe, DYNAMIC)
+
+    # The multiplier is the learnt scales': 2 is scales twice as large, 0 no bias at all.
+    np.testing.assert_allclose(with_learnt_scales(4.0), doubled, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(with_learnt_scales(0.0), off, atol=1e-6, rtol=0)
+    with_learnt_scales(2.0)
+
+    # The default travels with the model (model_index.json); a call overrides it.
+    pipe.register_to_config(default_layout_scale=2.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SceneGraphToVideoPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_layout_scale == 2.0
+    np.testing.assert_allclose(_run(loaded, DYNAMIC), doubled, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(_run(loaded, DYNAMIC, layout_scale=1.0), as_trained, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_layout_scales_are_clear_errors_before_any_compute(bad):
+    pipe = moving_pipeline()
+    calls = []
+    with pytest.raises(ValueError, match=r"layout_scale must be a finite number >= 0, got"):
+        pipe(scene_graph=DYNAMIC, layout_scale=bad, callback_on_step_end=lambda *a: calls.append(a), **KW)
+    assert calls == []
+
+
+def test_a_model_without_the_layout_bias_takes_only_layout_scale_one(pipe):
+    assert not pipe.unet.config.graph_layout_bias and pipe.config.default_layout_scale == 1.0
+    np.testing.assert_array_equal(_run(pipe, STATIC, layout_scale=1.0), _run(pipe, STATIC))
+    with pytest.raises(ValueError, match=r"layout_scale=2.0 scales the layout bias, and this UNet has none"):
+        pipe(scene_graph=STATIC, layout_scale=2.0, **KW)
+    pipe.register_to_config(default_layout_scale=2.0)  # a saved default means nothing to it
+    try:
+        np.testing.assert_array_equal(_run(pipe, STATIC), _run(pipe, STATIC, layout_scale=1.0))
+    finally:
+        pipe.register_to_config(default_layout_scale=1.0)
+
+
+def test_stochastic_sampling_takes_one_generator_per_video(pipe):
+    """With eta > 0 DDIM draws noise at every step; the scheduler steps frames folded into the batch,
+    and each video's generator serves its frames: a batch gives each video what it gets alone."""
+    seeds = [3, 4]
+    both = pipe(scene_graph=[STATIC, DYNAMIC], eta=1.0, generator=[torch.Generator().manual_seed(s) for s in seeds], **KW)
+    again = pipe(scene_graph=[STATIC, DYNAMIC], eta=1.0, generator=[torch.Generator().manual_seed(s) for s in seeds], **KW)
+    np.testing.assert_array_equal(both.frames, again.frames)
+    for k, graph in enumerate([STATIC, DYNAMIC]):
+        alone = pipe(scene_graph=graph, eta=1.0, generator=torch.Generator().manual_seed(seeds[k]), **KW).frames
+        np.testing.assert_allclose(both.frames[k], alone[0], atol=1e-5, rtol=0)
+    deterministic = pipe(scene_graph=STATIC, eta=0.0, generator=torch.Generator().manual_seed(3), **KW).frames
+    assert np.abs(deterministic[0] - both.frames[0]).max() > 1e-4  # eta is not ignored

@@ -61,3 +61,56 @@ def test_resume_continues_exactly(data, tmp_path):
     b = load_file(interrupted / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_decoder_only_keeps_the_latent_space_and_trains_the_decoder(data, tmp_path):
+    base = tmp_path / "base"
+    _run(data, base, 2)
+    tuned = tmp_path / "tuned"
+    _script().main([
+        "--train_data_dir", str(data / "train"), "--output_dir", str(tuned), "--pretrained_vae", str(base),
+        "--train_decoder_only", "--decoder_noise", "0.5", "--reconstruction_loss", "l1",
+        "--max_train_steps", "2", "--train_batch_size", "4", "--checkpointing_steps", "2",
+        "--lr_warmup_steps", "0", "--learning_rate", "1e-2", "--seed", "3",
+    ])  # fmt: skip
+    a = load_file(base / "diffusion_pytorch_model.safetensors")
+    b = load_file(tuned / "diffusion_pytorch_model.safetensors")
+    encoder_side = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
+    decoder_side = [k for k in a if k.startswith(("decoder.", "post_quant_conv."))]
+    assert encoder_side and decoder_side
+    assert all(torch.equal(a[k], b[k]) for k in encoder_side)  # the UNet's latent space is untouched
+    assert any(not torch.equal(a[k], b[k]) for k in decoder_side)
+    base_config, tuned_config = AutoencoderKL.load_config(base), AutoencoderKL.load_config(tuned)
+    assert tuned_config["scaling_factor"] == base_config["scaling_factor"]
+    assert "decoder fine-tuned from" in (tuned / "README.md").read_text()
+
+
+def test_decoder_noise_changes_what_the_decoder_learns(data, tmp_path):
+    base = tmp_path / "base"
+    _run(data, base, 2)
+
+    def tune(out, noise):
+        _script().main([
+            "--train_data_dir", str(data / "train"), "--output_dir", str(out), "--pretrained_vae", str(base),
+            "--train_decoder_only", "--decoder_noise", noise, "--max_train_steps", "2", "--train_batch_size", "4",
+            "--checkpointing_steps", "2", "--lr_warmup_steps", "0", "--learning_rate", "1e-2", "--seed", "3",
+        ])  # fmt: skip
+        return load_file(out / "diffusion_pytorch_model.safetensors")
+
+    clean, noisy = tune(tmp_path / "clean", "0"), tune(tmp_path / "noisy", "2")
+    assert any(not torch.equal(clean[k], noisy[k]) for k in clean if k.startswith("decoder."))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--train_decoder_only"], "--pretrained_vae"),
+        (["--decoder_noise", "0.5"], "--train_decoder_only"),
+        (["--pretrained_vae", "x", "--train_decoder_only", "--decoder_noise", "-1"], "--decoder_noise"),
+        (["--pretrained_vae", "x", "--train_decoder_only", "--decoder_noise", "nan"], "--decoder_noise"),
+    ],
+)
+def test_decoder_flags_are_checked(extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _script().parse_args(["--train_data_dir", "d", "--output_dir", str(tmp_path), *extra])
+    assert message in capsys.readouterr().err

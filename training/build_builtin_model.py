@@ -150,6 +150,7 @@ PRESETS = {
         "inference": ["--num-inference-steps", "2"],
         "guidance_scales": [1.0, 4.0],
         "motion_scales": [1.0, 2.0],
+        "layout_scales": [1.0, 2.0],
         "guidance_graphs": 2,
     },
 }
@@ -394,19 +395,31 @@ def has_moving_layout(folder: Path) -> bool:
     return bool(json.loads((folder / "unet" / "config.json").read_text()).get("graph_layout_motion", False))
 
 
+def has_layout_bias(folder: Path) -> bool:
+    """Whether a pipeline folder's UNet has the layout bias (``graph_layout_bias``)."""
+    return bool(json.loads((folder / "unet" / "config.json").read_text()).get("graph_layout_bias", False))
+
+
 def stage_guidance(args, preset, work: Path) -> bool:
     """Choose the model's default classifier-free guidance on validation graphs (never test ones):
     too little and the graph is followed loosely, too much and sparse scenes (one object) come out
     empty, because guidance pushes away from the unconditional model's busier scenes. For a model
     with the moving layout, then its default motion scale (``pipe(motion_scale=...)``) at that
-    guidance, among the preset's ``motion_scales`` (1, the model as trained, wins ties)."""
+    guidance, among the preset's ``motion_scales``; for one with the layout bias, then its default
+    layout scale (``pipe(layout_scale=...)``) at those two, among the preset's ``layout_scales``
+    (in both, 1, the model as trained, wins ties). A choice already made for this very model is
+    kept, and only a missing layout-scale choice is added to it."""
     out = work / "guidance.json"
     model = guidance_model(preset, work)
-    if out.is_file() and json.loads(out.read_text()).get("model") == model:
-        return False  # chosen for this very model (a later leg or fine-tune run chooses again)
+    trained = final_video_dir(preset, work)
+    previous = json.loads(out.read_text()) if out.is_file() else None
+    if previous is not None and previous.get("model") != model:
+        previous = None  # chosen for another model (a later leg or fine-tune run chooses again)
+    wants_layout = bool(preset.get("layout_scales")) and has_layout_bias(trained)
+    if previous is not None and (not wants_layout or "layout_figures" in previous):
+        return False
     validation = make_split(args, preset, work, "validation")
     graphs = write_graphs(validation, work / "guidance_graphs.jsonl", limit=preset["guidance_graphs"])
-    trained = final_video_dir(preset, work)
 
     def score(name: str, extra: list[str]) -> dict:
         folder = work / "guidance" / name
@@ -415,21 +428,40 @@ def stage_guidance(args, preset, work: Path) -> bool:
                    *preset.get("inference", [])))  # fmt: skip
         return evaluate_folder(folder)
 
-    rows = {f"{scale:g}": score(f"{scale:g}", ["--guidance-scale", str(scale)]) for scale in preset["guidance_scales"]}
-    chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
-    result = {"chosen": float(chosen), "model": model, "figures": rows}
-    for scale, row in rows.items():
-        print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
-    if preset.get("motion_scales") and has_moving_layout(trained):
-        motion_rows = {"1": rows[chosen]}  # the model as trained, at the chosen guidance
-        for scale in preset["motion_scales"]:
-            if f"{scale:g}" not in motion_rows:
-                motion_rows[f"{scale:g}"] = score(f"{chosen}_motion{scale:g}",
-                                                  ["--guidance-scale", chosen, "--motion-scale", str(scale)])  # fmt: skip
-        motion = max(motion_rows, key=lambda scale: guidance_score(motion_rows[scale]))
-        result.update(motion_scale=float(motion), motion_figures=motion_rows)
-        for scale, row in motion_rows.items():
-            print(f"motion scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == motion else ''}")
+    if previous is not None:  # the guidance and motion choices stand; the layout scale is added
+        result = previous
+        chosen = f"{result['chosen']:g}"
+        print(f"guidance {chosen} and motion scale {result.get('motion_scale', 1.0):g} already chosen for this model")
+    else:
+        rows = {f"{scale:g}": score(f"{scale:g}", ["--guidance-scale", str(scale)]) for scale in preset["guidance_scales"]}
+        chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
+        result = {"chosen": float(chosen), "model": model, "figures": rows}
+        for scale, row in rows.items():
+            print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
+        if preset.get("motion_scales") and has_moving_layout(trained):
+            motion_rows = {"1": rows[chosen]}  # the model as trained, at the chosen guidance
+            for scale in preset["motion_scales"]:
+                if f"{scale:g}" not in motion_rows:
+                    motion_rows[f"{scale:g}"] = score(f"{chosen}_motion{scale:g}",
+                                                      ["--guidance-scale", chosen, "--motion-scale", str(scale)])  # fmt: skip
+            motion = max(motion_rows, key=lambda scale: guidance_score(motion_rows[scale]))
+            result.update(motion_scale=float(motion), motion_figures=motion_rows)
+            for scale, row in motion_rows.items():
+                print(f"motion scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == motion else ''}")
+    if wants_layout:
+        motion = f"{result.get('motion_scale', 1.0):g}"
+        base = result["motion_figures"][motion] if "motion_figures" in result else result["figures"][chosen]
+        layout_rows = {"1": base}  # the layout bias as trained, at the chosen guidance and motion scale
+        motion_flags = ["--motion-scale", motion] if "motion_figures" in result else []
+        for scale in preset["layout_scales"]:
+            if f"{scale:g}" not in layout_rows:
+                layout_rows[f"{scale:g}"] = score(f"{chosen}_motion{motion}_layout{scale:g}",
+                                                  ["--guidance-scale", chosen, *motion_flags,
+                                                   "--layout-scale", str(scale)])  # fmt: skip
+        layout = max(layout_rows, key=lambda scale: guidance_score(layout_rows[scale]))
+        result.update(layout_scale=float(layout), layout_figures=layout_rows)
+        for scale, row in layout_rows.items():
+            print(f"layout scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == layout else ''}")
     atomic_write_text(out, json.dumps(result, indent=1))
     return True
 
@@ -446,6 +478,8 @@ def stage_export(args, preset, work: Path) -> None:
         pipe.register_to_config(default_guidance_scale=guidance["chosen"])
         if "motion_scale" in guidance:
             pipe.register_to_config(default_motion_scale=guidance["motion_scale"])
+        if "layout_scale" in guidance:
+            pipe.register_to_config(default_layout_scale=guidance["layout_scale"])
     pipe.to(torch.float16)
     args.export_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.export_dir.parent) as tmp:
@@ -488,6 +522,9 @@ def guidance_text(work: Path) -> str:
     if "motion_scale" in guidance:
         motions = ", ".join(f"{scale}: {guidance_score(row):.3f}" for scale, row in guidance["motion_figures"].items())
         text += f"; then at that guidance, default motion scale {guidance['motion_scale']:g}, the best of ({motions})"
+    if "layout_scale" in guidance:
+        layouts = ", ".join(f"{scale}: {guidance_score(row):.3f}" for scale, row in guidance["layout_figures"].items())
+        text += f"; then at those, default layout scale {guidance['layout_scale']:g}, the best of ({layouts})"
     return text
 
 
@@ -531,7 +568,9 @@ def recipe_section(args, preset, work: Path) -> str:
 QUALITY_HEADING = "## Quality"
 
 
-def quality_section(rows: dict, command: str, guidance: float, motion: float | None = None) -> str:
+def quality_section(
+    rows: dict, command: str, guidance: float, motion: float | None = None, layout: float | None = None
+) -> str:
     keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
             "spurious_per_video"]  # fmt: skip
     lines = [
@@ -539,7 +578,8 @@ def quality_section(rows: dict, command: str, guidance: float, motion: float | N
         "",
         f"`sg2vid evaluate` on {next(iter(rows.values()))['num_videos']} SG-Shapes test-split graphs, generated with "
         f"default settings (16 frames, 25 DDIM steps, the model's default guidance {guidance:g}"
-        + (f" and motion scale {motion:g}" if motion is not None else "") + ", seed = graph index), "
+        + (f", motion scale {motion:g}" if motion is not None else "")
+        + (f", layout scale {layout:g}" if layout is not None else "") + ", seed = graph index), "
         "beside the ground-truth clips and the same model given the null graph. Command:",
         "",
         "```bash",
@@ -568,7 +608,8 @@ def stage_evaluate(args, preset, work: Path) -> None:
     model_index = json.loads((args.export_dir / "model_index.json").read_text())
     moving = has_moving_layout(args.export_dir)
     section = quality_section(rows, command, model_index.get("default_guidance_scale", 4.0),
-                              model_index.get("default_motion_scale", 1.0) if moving else None)  # fmt: skip
+                              model_index.get("default_motion_scale", 1.0) if moving else None,
+                              model_index.get("default_layout_scale", 1.0) if has_layout_bias(args.export_dir) else None)  # fmt: skip
     print(section)
     # The figures go into the evaluated model's card, replacing older ones.
     card_path = args.export_dir / "README.md"

@@ -13,6 +13,16 @@ conformance metric (``sg2vid evaluate``'s figures): they should score near 1.0 b
 trained on top. The loss is MSE (or, with ``--reconstruction_loss l1``, L1, which keeps edges sharper
 on flat-colored frames) on pixels in [-1, 1] plus ``--kl_weight`` x KL.
 
+``--train_decoder_only`` (with ``--pretrained_vae``) fine-tunes the decoder of a VAE a diffusion model
+already works in: the encoder, and so the latent space and ``scaling_factor``, stay exactly as they were,
+so the UNet needs no retraining. With ``--decoder_noise S`` the decoder is trained on latents
+perturbed by Gaussian noise of up to S (in the diffusion model's scaled latent units, where the
+latents' standard deviation is 1): a diffusion model's samples never lie exactly on the encoder's
+latents, and a decoder that has only seen clean ones decodes a slightly-off latent as an in-between
+colour; trained on perturbed ones (best with the L1 loss, whose optimum per pixel is the median, so an
+ambiguous latent decodes to the likelier of two colours rather than their mix) it decodes the
+neighbourhood of each clean latent to that latent's frame.
+
 The output folder is ``AutoencoderKL.save_pretrained`` with ``scaling_factor`` set to 1 / (the
 latents' standard deviation on the training frames), as latent diffusion expects, plus a model card.
 ``checkpoint-N`` folders resume a run (``--resume_from_checkpoint latest``) at the same step with the
@@ -63,6 +73,15 @@ def parse_args(argv=None):
     p.add_argument("--num_validation_clips", type=int, default=32)
     p.add_argument("--vae_config", help="JSON text or file: AutoencoderKL config (default: a small f4 model)")
     p.add_argument("--pretrained_vae", help="an AutoencoderKL folder to continue from")
+    p.add_argument(
+        "--train_decoder_only", action="store_true",
+        help="train only the decoder (needs --pretrained_vae): the latent space and scaling_factor stay as they were",
+    )  # fmt: skip
+    p.add_argument(
+        "--decoder_noise", type=float, default=0.0,
+        help="train the decoder on latents plus Gaussian noise of a standard deviation drawn per frame from "
+        "[0, S], in scaled latent units (needs --train_decoder_only)",
+    )  # fmt: skip
     p.add_argument("--output_dir", required=True)
     p.add_argument("--train_batch_size", type=int, default=32, help="frames per batch and process")
     p.add_argument("--learning_rate", type=float, default=1e-3)
@@ -85,6 +104,12 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1")
     if args.vae_config and args.pretrained_vae:
         p.error("give --vae_config or --pretrained_vae, not both")
+    if args.train_decoder_only and not args.pretrained_vae:
+        p.error("--train_decoder_only fine-tunes a trained VAE: give --pretrained_vae")
+    if not (args.decoder_noise >= 0 and np.isfinite(args.decoder_noise)):
+        p.error(f"--decoder_noise must be a finite number >= 0, got {args.decoder_noise}")
+    if args.decoder_noise > 0 and not args.train_decoder_only:
+        p.error("--decoder_noise trains the decoder on perturbed latents of a fixed encoder: add --train_decoder_only")
     return args
 
 
@@ -134,14 +159,23 @@ class Autoencode(torch.nn.Module):
     """Encode, sample with the given noise, decode: one forward pass, so that distributed training
     (which synchronises gradients through the wrapped module's forward) sees every weight."""
 
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, vae: AutoencoderKL, decoder_only: bool = False):
         super().__init__()
         self.vae = vae
+        self.decoder_only = decoder_only
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        posterior = self.vae.encode(x).latent_dist
-        recon = self.vae.decode(posterior.mean + posterior.std * noise.to(posterior.mean)).sample
-        return recon, posterior.kl().mean()
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor, latent_noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``noise``: the posterior's sampling noise; ``latent_noise`` (unscaled latent units) is added
+        to the sampled latent before decoding (``--decoder_noise``)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
+            posterior = self.vae.encode(x).latent_dist
+            latents = posterior.mean + posterior.std * noise.to(posterior.mean)
+            kl = posterior.kl().mean()
+        if latent_noise is not None:
+            latents = latents + latent_noise.to(latents)
+        return self.vae.decode(latents).sample, kl
 
 
 def main(argv=None):
@@ -170,8 +204,14 @@ def main(argv=None):
             config.update(json.loads(text))
         config["sample_size"] = int(train_frames.shape[-1])
         vae = AutoencoderKL(**config)
-    autoencode = Autoencode(vae)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    if args.train_decoder_only:
+        # The encoder side (and so the latents a UNet was trained on) stays fixed.
+        vae.encoder.requires_grad_(False)
+        if vae.quant_conv is not None:
+            vae.quant_conv.requires_grad_(False)
+    autoencode = Autoencode(vae, decoder_only=args.train_decoder_only)
+    trained = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=0.0)
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
@@ -210,14 +250,19 @@ def main(argv=None):
         x = to_unit_range(train_frames[next(batches)]).to(accelerator.device)
         # The posterior's noise comes from a per-step generator: a resumed run draws the same.
         latent_shape = (len(x), model.config.latent_channels, x.shape[2] // latent_factor, x.shape[3] // latent_factor)
-        noise = torch.randn(latent_shape, generator=step_generator(args.seed, step, accelerator.process_index))
+        generator = step_generator(args.seed, step, accelerator.process_index)
+        noise = torch.randn(latent_shape, generator=generator)
+        latent_noise = None
+        if args.decoder_noise > 0:  # per frame a standard deviation in [0, S], scaled -> unscaled units
+            sigma = torch.rand(len(x), 1, 1, 1, generator=generator) * args.decoder_noise / model.config.scaling_factor
+            latent_noise = (sigma * torch.randn(latent_shape, generator=generator)).to(accelerator.device)
         with accelerator.autocast():
-            recon, kl = autoencode(x, noise.to(accelerator.device))
+            recon, kl = autoencode(x, noise.to(accelerator.device), latent_noise)
             mse = F.mse_loss(recon.float(), x)
             pixel = mse if args.reconstruction_loss == "mse" else F.l1_loss(recon.float(), x)
             loss = pixel + args.kl_weight * kl
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(autoencode.parameters(), args.max_grad_norm)
+        accelerator.clip_grad_norm_(trained, args.max_grad_norm)
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad()
@@ -238,14 +283,17 @@ def main(argv=None):
             accelerator.log({f"validation/{k}": v for k, v in figures.items()}, step=done)
             logger.info(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
 
-    # Final model: scaling factor from the latents' spread, then save.
+    # Final model: scaling factor from the latents' spread (a decoder-only run keeps the encoder's), then save.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model.eval()
-        with torch.no_grad():
-            sample = to_unit_range(train_frames[torch.randperm(len(train_frames), generator=step_generator(args.seed))[:256]])
-            std = model.encode(sample.to(accelerator.device)).latent_dist.mode().float().std().item()
-        model.register_to_config(scaling_factor=1.0 / std)
+        if not args.train_decoder_only:
+            with torch.no_grad():
+                sample = to_unit_range(
+                    train_frames[torch.randperm(len(train_frames), generator=step_generator(args.seed))[:256]]
+                )
+                std = model.encode(sample.to(accelerator.device)).latent_dist.mode().float().std().item()
+            model.register_to_config(scaling_factor=1.0 / std)
         model.save_pretrained(output_dir)
         minutes = (time.time() - start_time) / 60
         card = [
@@ -255,8 +303,11 @@ def main(argv=None):
             f"- steps: {args.max_train_steps} (batch {args.train_batch_size} frames x {accelerator.num_processes} processes),"
             f" lr {args.learning_rate}, {args.reconstruction_loss} loss, KL weight {args.kl_weight}",
             f"- wall time of this run: {minutes:.1f} min",
-            f"- scaling_factor: {1.0 / std:.4f}",
+            f"- scaling_factor: {model.config.scaling_factor:.4f}",
         ]
+        if args.train_decoder_only:
+            card.insert(3, f"- decoder fine-tuned from `{args.pretrained_vae}` (encoder and scaling_factor unchanged),"
+                        f" latent noise up to {args.decoder_noise:g} (scaled units)")
         if figures:
             card.append("- validation: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
         card += ["", "Trained with:", "", "```", " ".join(["python", *sys.argv]), "```"]

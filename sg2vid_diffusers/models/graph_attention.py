@@ -267,14 +267,16 @@ class _GraphQueryExtras(nn.Module):
         graph_boxes: torch.Tensor | None,
         graph_positions: dict[int, torch.Tensor] | None,
         heads: int,
+        layout_multiplier: float = 1.0,
     ) -> torch.Tensor | None:
         """The graph attention's SDPA mask: the bool token mask (N, 1, 1, L), or with the layout bias
-        an additive float mask (N, heads, M, L) (-inf on masked tokens)."""
+        an additive float mask (N, heads, M, L) (-inf on masked tokens); ``layout_multiplier`` scales
+        the learned bias (the pipeline's sampling-time ``layout_scale``; 1 = as trained)."""
         if self.layout_scale is None or graph_boxes is None:
             return _graph_sdpa_mask(graph_mask)
         coordinates = self._coordinates(query, graph_positions, "a layout bias")
         weights = graph_layout_weights(coordinates, graph_boxes)  # (N, M, L)
-        scale = self.layout_scale.float() * LAYOUT_SCALE_GAIN
+        scale = self.layout_scale.float() * (LAYOUT_SCALE_GAIN * layout_multiplier)
         bias = scale[None, :, None, None] * weights[:, None]  # (N, heads, M, L)
         if graph_mask is not None:
             bias = bias.masked_fill(~graph_mask[:, None, None, :], float("-inf"))
@@ -383,7 +385,7 @@ def _graph_sdpa_mask(graph_mask: torch.Tensor | None) -> torch.Tensor | None:
 class PlainAttnProcessor(_AttentionProcessorBase):
     r"""Plain scaled-dot-product attention (as diffusers' ``AttnProcessor2_0``) for the layers that do
     not see the graph: self-attention and the temporal layers. It accepts ``graph_hidden_states``,
-    ``graph_mask``, ``graph_scale``, ``graph_positions`` and ``graph_boxes`` and ignores them, so that the UNet can send them to every layer
+    ``graph_mask``, ``graph_scale``, ``graph_positions``, ``graph_boxes`` and ``graph_layout_scale`` and ignores them, so that the UNet can send them to every layer
     without a warning per call."""
 
     def __call__(
@@ -398,6 +400,7 @@ class PlainAttnProcessor(_AttentionProcessorBase):
         graph_scale: float = 1.0,
         graph_positions: dict[int, torch.Tensor] | None = None,
         graph_boxes: torch.Tensor | None = None,
+        graph_layout_scale: float = 1.0,
     ) -> torch.Tensor:
         hidden_states, saved = self._begin(attn, hidden_states, temb)
         batch_size = hidden_states.shape[0]
@@ -431,6 +434,8 @@ class GraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
             with positions or a layout bias, ignored without.
         graph_boxes: (B*F or B, L, 4) each token's box ``[x0, y0, x1, y1]`` in (-1, 1) (NaN: none), for
             the layout bias; None: no bias.
+        graph_layout_scale: multiplies the layout bias (1: as trained; 0: none); our sampling-time
+            setting, not SGDiff's, which has no layout bias.
     """
 
     def __init__(self, hidden_size: int | None = None, position_dim: int = 0, layout_heads: int = 0):
@@ -462,6 +467,7 @@ class GraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
         graph_scale: float = 1.0,
         graph_positions: dict[int, torch.Tensor] | None = None,
         graph_boxes: torch.Tensor | None = None,
+        graph_layout_scale: float = 1.0,
     ) -> torch.Tensor:
         if graph_hidden_states is None:
             raise ValueError(
@@ -473,7 +479,7 @@ class GraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
             graph_hidden_states, graph_mask, hidden_states.shape[0], graph_boxes
         )
         query, key, value = self._query_and_text(attn, hidden_states, graph_hidden_states)
-        mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads)
+        mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads, graph_layout_scale)
         query = self._with_position(query, graph_positions)
         out = self._attend(attn, query, key, value, mask)
         return self._end(attn, out, saved)
@@ -548,6 +554,7 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
         graph_scale: float = 1.0,
         graph_positions: dict[int, torch.Tensor] | None = None,
         graph_boxes: torch.Tensor | None = None,
+        graph_layout_scale: float = 1.0,
     ) -> torch.Tensor:
         # Defined as __call__ (as IP-Adapter's processors are), not forward: diffusers reads the keyword
         # names off processor.__call__, and nn.Module's generic one would hide them.
@@ -563,7 +570,9 @@ class DecoupledGraphAttnProcessor(_AttentionProcessorBase, _GraphQueryExtras):
             )
             graph_key = self.to_k_graph(graph_hidden_states)  # (N, L, inner)
             graph_value = self.to_v_graph(graph_hidden_states)  # (N, L, inner)
-            graph_mask = self._graph_mask(query, graph_mask, graph_boxes, graph_positions, attn.heads)
+            graph_mask = self._graph_mask(
+                query, graph_mask, graph_boxes, graph_positions, attn.heads, graph_layout_scale
+            )
             graph_query = self._with_position(query, graph_positions)
             graph_out = self._attend(attn, graph_query, graph_key, graph_value, graph_mask)
             out = out + graph_scale * graph_out

@@ -405,6 +405,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         mid_block_additional_residual: torch.Tensor | None = None,
         return_dict: bool = True,
         frame_times: torch.Tensor | None = None,
+        layout_scale: float = 1.0,
     ) -> UNet3DConditionOutput | tuple[torch.Tensor]:
         r"""Denoise a batch of video latents.
 
@@ -429,6 +430,9 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 F at f / F, as time spans count it); default: the F frames are a whole clip. Read by a
                 model with ``frame_time_dim > 0`` only; training on windows of longer clips passes the
                 windows' times.
+            layout_scale: multiplies the layout bias (``graph_layout_bias``) of every graph layer: 1 is
+                the model as trained, more pulls each object's tokens harder into its box (see
+                :func:`check_layout_scale`); no effect without the layout bias or boxes.
 
         Returns:
             ``UNet3DConditionOutput`` with ``sample`` (B, C_out, F, h, w), or ``(sample,)``.
@@ -456,6 +460,7 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
                 )
             if self.config.graph_layout_bias and graph_context.boxes is not None:
                 cross_attention_kwargs["graph_boxes"] = graph_context.boxes
+                cross_attention_kwargs["graph_layout_scale"] = layout_scale
 
         # 1. time: one embedding per video, repeated per frame (frames are folded into the batch)
         emb = self._time_embedding(timestep, timestep_cond, sample)  # (B, E)
@@ -812,6 +817,19 @@ def check_motion_scale(motion_scale, graph_layout_motion: bool) -> None:
         raise ValueError(
             f"motion_scale={motion_scale!r} scales the moving layout, and this UNet has none "
             "(graph_layout_motion is off): leave it at 1"
+        )
+
+
+def check_layout_scale(layout_scale, graph_layout_bias: bool) -> None:
+    """A sampling-time layout scale is a finite number >= 0, and anything but 1 needs a UNet with the
+    layout bias (``graph_layout_bias``): elsewhere there is no bias to scale."""
+    number = isinstance(layout_scale, (int, float)) and not isinstance(layout_scale, bool)
+    if not number or not math.isfinite(layout_scale) or layout_scale < 0:
+        raise ValueError(f"layout_scale must be a finite number >= 0, got {layout_scale!r}")
+    if layout_scale != 1 and not graph_layout_bias:
+        raise ValueError(
+            f"layout_scale={layout_scale!r} scales the layout bias, and this UNet has none "
+            "(graph_layout_bias is off): leave it at 1"
         )
 
 

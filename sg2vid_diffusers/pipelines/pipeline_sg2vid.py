@@ -30,7 +30,12 @@ from huggingface_hub import create_repo
 from ..batching import collate_scene_graphs
 from ..conditioning import encode_graph_context
 from ..models.sg_encoder import SceneGraphEncoder
-from ..models.unet_3d_graph import GraphContext, SceneGraphUNet3DConditionModel, check_motion_scale
+from ..models.unet_3d_graph import (
+    GraphContext,
+    SceneGraphUNet3DConditionModel,
+    check_layout_scale,
+    check_motion_scale,
+)
 from ..scene_graph import SceneGraph, parse_scene_graphs
 from ..utils import atomic_write_text
 
@@ -92,16 +97,20 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         tokenizer=None,
         default_guidance_scale: float = 4.0,
         default_motion_scale: float = 1.0,
+        default_layout_scale: float = 1.0,
     ):
         super().__init__()
         self.register_modules(
             vae=vae, unet=unet, scheduler=scheduler, sg_encoder=sg_encoder, text_encoder=text_encoder, tokenizer=tokenizer
         )
         # The guidance a model was tuned with travels with it (model_index.json), as diffusers'
-        # `requires_safety_checker` does, and so does the moving layout's scale (1 for models
-        # without one); `pipe(guidance_scale=..., motion_scale=...)` overrides them.
+        # `requires_safety_checker` does, and so do the moving layout's and the layout bias's scales
+        # (1 for models without them); `pipe(guidance_scale=..., motion_scale=..., layout_scale=...)`
+        # overrides them.
         self.register_to_config(
-            default_guidance_scale=float(default_guidance_scale), default_motion_scale=float(default_motion_scale)
+            default_guidance_scale=float(default_guidance_scale),
+            default_motion_scale=float(default_motion_scale),
+            default_layout_scale=float(default_layout_scale),
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
@@ -308,12 +317,17 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         frames = frames.reshape(batch_size, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
         return frames.float()
 
-    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
+    def prepare_extra_step_kwargs(self, generator, eta: float, num_frames: int = 1) -> dict:
+        """The scheduler's ``eta`` and ``generator``. The scheduler steps with the frames folded into
+        the batch (``(b f)``), so a list of one generator per video becomes one per frame (each
+        video's generator repeated: its frames draw their noise from it in turn)."""
         params = set(inspect.signature(self.scheduler.step).parameters)
         kwargs = {}
         if "eta" in params:
             kwargs["eta"] = eta
         if "generator" in params:
+            if isinstance(generator, list):
+                generator = [g for g in generator for _ in range(num_frames)]
             kwargs["generator"] = generator
         return kwargs
 
@@ -343,6 +357,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         num_inference_steps: int = 25,
         guidance_scale: float | None = None,
         motion_scale: float | None = None,
+        layout_scale: float | None = None,
         graph_scale: float = 1.0,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -372,6 +387,11 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                 motion the encoder infers moves the layout bias's boxes: it multiplies the learnt gate
                 (0: still boxes; 1: as trained). Default: the model's ``default_motion_scale`` (1.0
                 unless the model was saved with another). Other models take only 1.
+            layout_scale: for a UNet with the layout bias (``graph_layout_bias``), a multiplier of that
+                learnt bias in every graph layer, which draws each place's attention to the objects
+                whose inferred box covers it (1: as trained; more: the layout followed more strictly).
+                Default: the model's ``default_layout_scale`` (1.0 unless the model was saved with
+                another). Other models take only 1. Not in SGDiff, which has no layout bias.
             graph_scale: weight of the graph attention in decoupled mode (graph-only mode ignores it).
             eta: DDIM's eta (ignored by other schedulers).
             generator: torch generator(s) for the noise: the same seed gives the same video.
@@ -405,6 +425,10 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         if motion_scale is None:  # a saved default means nothing to a UNet without the moving layout
             motion_scale = self.config.default_motion_scale if moving else 1.0
         check_motion_scale(motion_scale, moving)
+        layout_bias = self.unet.config.graph_layout_bias
+        if layout_scale is None:  # as for the motion scale
+            layout_scale = self.config.get("default_layout_scale", 1.0) if layout_bias else 1.0
+        check_layout_scale(layout_scale, layout_bias)
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
         device = self._execution_device
@@ -431,7 +455,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             shape = self._latent_shape(batch_size, num_frames, height, width)
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, latents.shape[2])
 
         # 4. Denoise.
         self._num_timesteps = len(timesteps)
@@ -446,6 +470,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                     graph_context=graph_context,
                     graph_scale=graph_scale,
                     cross_attention_kwargs=cross_attention_kwargs,
+                    layout_scale=layout_scale,
                 ).sample
                 if self.do_classifier_free_guidance:
                     uncond, cond = noise_pred.chunk(2)
