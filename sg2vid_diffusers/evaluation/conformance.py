@@ -42,6 +42,8 @@ __all__ = [
     "score_video",
     "score_tracks",
     "summarize",
+    "triple_outcomes",
+    "TRIPLE_OUTCOMES",
 ]
 
 COLOR_RADIUS = 90.0
@@ -208,6 +210,55 @@ def _triple_holds(predicate: str, det: np.ndarray, cen: np.ndarray, s: int, o: i
     else:
         raise ValueError(f"unknown SG-Shapes predicate {predicate!r}")
     return bool(holds.mean() >= STATIC_HOLDS_SHARE)
+
+
+TRIPLE_OUTCOMES = (
+    "holds",
+    "object not drawn",  # an object of the triple is not detected in half of the frames (not recalled)
+    "not detected in span",  # static: both drawn, but both detected in under half of the span's frames
+    "wrong place",  # static: detected, and the relation holds in under STATIC_HOLDS_SHARE of them
+    "not detected at span ends",  # dynamic: both drawn, but one is missing in a frame the change is measured on
+    "too little motion",  # dynamic: detected, and the distance changes too little or the wrong way
+)
+
+
+def triple_kind(rel) -> str:
+    """``"dynamic"`` (a motion predicate), ``"timed"`` (a static predicate with a time span) or ``"static"``."""
+    if rel.predicate in DYNAMIC_PREDICATES:
+        return "dynamic"
+    return "timed" if rel.time is not None else "static"
+
+
+def triple_outcomes(detections: Detections, graph: SceneGraph) -> list[tuple[str, str]]:
+    """Why each triple of ``graph`` holds or fails in a video: ``(kind, outcome)`` per triple, kind
+    from :func:`triple_kind`, outcome one of :data:`TRIPLE_OUTCOMES`, by the same rules as
+    :func:`score_detections` (a triple ``"holds"`` exactly when it counts as satisfied there). The
+    first reason that applies is given: a missing object before detections, detections before
+    geometry."""
+    F = detections.num_frames
+    colors = [_color_index(name) for name in graph.object_names]
+    det, cen = detections.detected[colors], detections.centers[colors]
+    recalled = _drawn(detections)[colors]
+    if not graph.relationships:
+        return []
+    in_span = active_triples([rel.span for rel in graph.relationships], F).numpy().T  # (T, F)
+    outcomes = []
+    for t, rel in enumerate(graph.relationships):
+        frames, s, o = np.flatnonzero(in_span[t]), rel.subject, rel.object
+        kind = triple_kind(rel)
+        if frames.size and _triple_holds(rel.predicate, det, cen, s, o, frames):
+            outcome = "holds"
+        elif not (recalled[s] and recalled[o]):
+            outcome = "object not drawn"
+        elif kind == "dynamic":
+            change = _distance_change(det, cen, s, o, frames) if frames.size else None
+            outcome = "not detected at span ends" if change is None else "too little motion"
+        else:
+            both = det[s, frames] & det[o, frames]
+            enough = frames.size and both.any() and both.sum() >= STATIC_DETECTED_SHARE * frames.size
+            outcome = "wrong place" if enough else "not detected in span"
+        outcomes.append((kind, outcome))
+    return outcomes
 
 
 def score_video(frames: np.ndarray, graph: SceneGraph | dict | str) -> VideoScore:
