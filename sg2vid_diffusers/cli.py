@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -185,6 +186,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout-scale", type=float, default=None,
                    help="a layout-bias model's pull of each object to its inferred box, 1 = as trained "
                         "(default: the model's default_layout_scale)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM's eta: 0 (the default) samples deterministically from the starting noise, 1 adds "
+                        "noise at every step (drawn from each video's seed)")
     p.add_argument("--batch-size", type=int, default=4, help="videos generated together (.jsonl)")
     p.add_argument("--preview", type=Path, help="also draw the graph beside a strip of frames (PNG), with --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
@@ -215,6 +219,8 @@ def _generate(args: argparse.Namespace) -> int:
             check_motion_scale(args.motion_scale, graph_layout_motion=True)
         except ValueError:
             raise _UsageError(f"--motion-scale must be a finite number >= 0, got {args.motion_scale}") from None
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise _UsageError(f"--eta must be a finite number >= 0, got {args.eta}")
     if args.layout_scale is not None:
         from .models.unet_3d_graph import check_layout_scale
 
@@ -265,6 +271,7 @@ def _generate(args: argparse.Namespace) -> int:
             guidance_scale=args.guidance_scale,
             motion_scale=args.motion_scale,
             layout_scale=args.layout_scale,
+            eta=args.eta,
             generator=generators,
             drop_graph=args.drop_graph,
         ).frames
