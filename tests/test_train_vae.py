@@ -4,6 +4,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -108,9 +109,49 @@ def test_decoder_noise_changes_what_the_decoder_learns(data, tmp_path):
         (["--decoder_noise", "0.5"], "--train_decoder_only"),
         (["--pretrained_vae", "x", "--train_decoder_only", "--decoder_noise", "-1"], "--decoder_noise"),
         (["--pretrained_vae", "x", "--train_decoder_only", "--decoder_noise", "nan"], "--decoder_noise"),
+        (["--colour_separation_weight", "-1"], "--colour_separation_weight must be"),
+        (["--pretrained_vae", "x", "--train_decoder_only", "--colour_separation_weight", "1"], "keeps fixed"),
     ],
 )
 def test_decoder_flags_are_checked(extra, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         _script().parse_args(["--train_data_dir", "d", "--output_dir", str(tmp_path), *extra])
     assert message in capsys.readouterr().err
+
+
+def test_colour_cell_labels_name_the_colour_covering_each_latent_cell():
+    from sg2vid_diffusers.data.sg_shapes import COLORS, render_frames
+
+    frame = render_frames(["magenta square"], np.full((1, 1, 2), 32.0), 64)  # (1, 64, 64, 3), centred
+    labels = _script().colour_cell_labels(torch.from_numpy(frame).permute(0, 3, 1, 2), 8)
+    assert labels.shape == (1, 8, 8)
+    magenta = list(COLORS).index("magenta")
+    assert set(labels.unique().tolist()) == {-1, magenta}  # the square's cells, and nothing else
+    assert labels[0, 3:5, 3:5].eq(magenta).all() and labels[0, 0].eq(-1).all()
+
+
+def test_colour_separation_loss_is_low_only_for_colours_apart_whatever_the_scale():
+    loss = _script().colour_separation_loss
+    directions = torch.eye(6, 8)
+    labels = torch.tensor([[[0, 4], [-1, -1]]])  # a red cell and a magenta cell; the rest not counted
+    apart = torch.zeros(1, 8, 2, 2)
+    apart[0, 0, 0, 0], apart[0, 4, 0, 1] = 3.0, 3.0  # each along its own colour's direction
+    together = torch.zeros(1, 8, 2, 2)
+    together[0, 0, 0, 0], together[0, 0, 0, 1] = 3.0, 3.0  # magenta where red is
+    assert loss(apart, labels, directions) < 0.5 * loss(together, labels, directions)
+    assert torch.allclose(loss(10 * apart, labels, directions), loss(apart, labels, directions))  # scale-free
+    assert torch.allclose(loss(apart, labels, 5 * directions), loss(apart, labels, directions))
+    assert loss(apart, torch.full_like(labels, -1), directions) == 0
+
+
+def test_colour_separation_trains_and_is_recorded(data, tmp_path):
+    out = tmp_path / "vae"
+    _run(data, out, 2, ["--colour_separation_weight", "1"])
+    vae = AutoencoderKL.from_pretrained(out)  # the probe is not part of the saved VAE
+    assert "colour_directions" not in " ".join(load_file(out / "diffusion_pytorch_model.safetensors"))
+    assert vae.config.latent_channels == 4
+    assert "colour separation weight 1" in (out / "README.md").read_text()
+    plain = tmp_path / "plain"
+    _run(data, plain, 2)
+    a, b = load_file(out / "diffusion_pytorch_model.safetensors"), load_file(plain / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))  # it moved the encoder
