@@ -212,22 +212,13 @@ def _generate(args: argparse.Namespace) -> int:
     for name in ("num_frames", "num_inference_steps", "batch_size"):
         if getattr(args, name) < 1:
             raise _UsageError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.motion_scale is not None:
-        from .models.unet_3d_graph import check_motion_scale
-
-        try:  # the pipeline's rule, checked before loading anything
-            check_motion_scale(args.motion_scale, graph_layout_motion=True)
-        except ValueError:
-            raise _UsageError(f"--motion-scale must be a finite number >= 0, got {args.motion_scale}") from None
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise _UsageError(f"--eta must be a finite number >= 0, got {args.eta}")
-    if args.layout_scale is not None:
-        from .models.unet_3d_graph import check_layout_scale
-
-        try:
-            check_layout_scale(args.layout_scale, graph_layout_bias=True)
+    for flag, value, check, config_flag, what in _sampling_scales(args):
+        try:  # the pipeline's rule, checked before loading anything
+            check(value, True)
         except ValueError:
-            raise _UsageError(f"--layout-scale must be a finite number >= 0, got {args.layout_scale}") from None
+            raise _UsageError(f"{flag} must be a finite number >= 0, got {value}") from None
     graphs = parse_scene_graphs(args.scene_graph)
     if args.output is not None and len(graphs) != 1:
         raise _UsageError(f"--output takes one graph; {args.scene_graph} holds {len(graphs)} (use --output-dir)")
@@ -242,20 +233,11 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         # The CLI computes on the CPU, in float32 whatever the stored precision (fp16 is slow there).
         pipe = SceneGraphToVideoPipeline.from_pretrained(args.model, dtype=torch.float32)
-    if args.motion_scale is not None:
+    for flag, value, check, config_flag, what in _sampling_scales(args):
         try:
-            check_motion_scale(args.motion_scale, pipe.unet.config.graph_layout_motion)
+            check(value, pipe.unet.config[config_flag])
         except ValueError:
-            raise _UsageError(
-                f"--motion-scale {args.motion_scale:g}: this model has no moving layout to scale (leave it out)"
-            ) from None
-    if args.layout_scale is not None:
-        try:
-            check_layout_scale(args.layout_scale, pipe.unet.config.graph_layout_bias)
-        except ValueError:
-            raise _UsageError(
-                f"--layout-scale {args.layout_scale:g}: this model has no layout bias to scale (leave it out)"
-            ) from None
+            raise _UsageError(f"{flag} {value:g}: this model has no {what} to scale (leave it out)") from None
     limits = dict(vocab=pipe.vocab, max_triples=pipe.sg_encoder.config.max_local_triples)
     if args.output is not None:
         graphs = [parse_scene_graph(graphs[0], **limits)]  # errors name fields without a list prefix
@@ -303,6 +285,18 @@ def _generate(args: argparse.Namespace) -> int:
     write_video_folder(args.output_dir, items(), total=len(graphs), overwrite=args.overwrite, desc="generating")
     print(f"wrote {len(graphs)} videos to {args.output_dir} (score them: sg2vid evaluate --data {args.output_dir})")
     return 0
+
+
+def _sampling_scales(args: argparse.Namespace) -> list[tuple]:
+    """The sampling-time scales given on the command line: ``(flag, value, check, UNet config flag,
+    what it scales)`` each, checked by the pipeline's own rule (``check(value, model_has_it)``)."""
+    from .models.unet_3d_graph import check_layout_scale, check_motion_scale
+
+    scales = [
+        ("--motion-scale", args.motion_scale, check_motion_scale, "graph_layout_motion", "moving layout"),
+        ("--layout-scale", args.layout_scale, check_layout_scale, "graph_layout_bias", "layout bias"),
+    ]
+    return [scale for scale in scales if scale[1] is not None]
 
 
 class _UsageError(ValueError):

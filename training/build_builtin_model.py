@@ -403,6 +403,20 @@ def has_layout_bias(folder: Path) -> bool:
     return bool(json.loads((folder / "unet" / "config.json").read_text()).get("graph_layout_bias", False))
 
 
+def choose_scale(name: str, as_trained: dict, scales: list[float], score) -> dict:
+    """Choose a sampling-time scale (``name``: motion or layout): ``as_trained`` is the row of scale 1
+    (already generated), ``score(scale)`` (a float) generates and scores any other; 1 wins ties. Returns
+    ``{NAME_scale: chosen, NAME_figures: {scale: row}}`` for guidance.json."""
+    rows = {"1": as_trained}
+    for scale in scales:
+        if f"{scale:g}" not in rows:
+            rows[f"{scale:g}"] = score(scale)
+    chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
+    for scale, row in rows.items():
+        print(f"{name} scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
+    return {f"{name}_scale": float(chosen), f"{name}_figures": rows}
+
+
 def stage_guidance(args, preset, work: Path) -> bool:
     """Choose the model's default classifier-free guidance on validation graphs (never test ones):
     too little and the graph is followed loosely, too much and sparse scenes (one object) come out
@@ -442,29 +456,16 @@ def stage_guidance(args, preset, work: Path) -> bool:
         for scale, row in rows.items():
             print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
         if preset.get("motion_scales") and has_moving_layout(trained):
-            motion_rows = {"1": rows[chosen]}  # the model as trained, at the chosen guidance
-            for scale in preset["motion_scales"]:
-                if f"{scale:g}" not in motion_rows:
-                    motion_rows[f"{scale:g}"] = score(f"{chosen}_motion{scale:g}",
-                                                      ["--guidance-scale", chosen, "--motion-scale", str(scale)])  # fmt: skip
-            motion = max(motion_rows, key=lambda scale: guidance_score(motion_rows[scale]))
-            result.update(motion_scale=float(motion), motion_figures=motion_rows)
-            for scale, row in motion_rows.items():
-                print(f"motion scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == motion else ''}")
+            # the model as trained ("1") is the chosen guidance's row
+            result.update(choose_scale("motion", rows[chosen], preset["motion_scales"], lambda scale: score(
+                f"{chosen}_motion{scale:g}", ["--guidance-scale", chosen, "--motion-scale", str(scale)])))  # fmt: skip
     if wants_layout:
         motion = f"{result.get('motion_scale', 1.0):g}"
         base = result["motion_figures"][motion] if "motion_figures" in result else result["figures"][chosen]
-        layout_rows = {"1": base}  # the layout bias as trained, at the chosen guidance and motion scale
         motion_flags = ["--motion-scale", motion] if "motion_figures" in result else []
-        for scale in preset["layout_scales"]:
-            if f"{scale:g}" not in layout_rows:
-                layout_rows[f"{scale:g}"] = score(f"{chosen}_motion{motion}_layout{scale:g}",
-                                                  ["--guidance-scale", chosen, *motion_flags,
-                                                   "--layout-scale", str(scale)])  # fmt: skip
-        layout = max(layout_rows, key=lambda scale: guidance_score(layout_rows[scale]))
-        result.update(layout_scale=float(layout), layout_figures=layout_rows)
-        for scale, row in layout_rows.items():
-            print(f"layout scale {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == layout else ''}")
+        result.update(choose_scale("layout", base, preset["layout_scales"], lambda scale: score(
+            f"{chosen}_motion{motion}_layout{scale:g}",
+            ["--guidance-scale", chosen, *motion_flags, "--layout-scale", str(scale)])))  # fmt: skip
     atomic_write_text(out, json.dumps(result, indent=1))
     return True
 

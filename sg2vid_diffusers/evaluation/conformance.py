@@ -146,9 +146,7 @@ def _drawn_shape(detections: Detections, color: int) -> str:
 
 def score_detections(detections: Detections, graph: SceneGraph) -> VideoScore:
     """Score detections against ``graph`` (an SG-Shapes graph, already parsed)."""
-    F = detections.num_frames
-    colors = [_color_index(name) for name in graph.object_names]
-    det, cen = detections.detected[colors], detections.centers[colors]  # (n, F), (n, F, 2)
+    colors, det, cen = _graph_tracks(detections, graph)
     drawn = _drawn(detections)
     recalled = drawn[colors]
 
@@ -159,14 +157,25 @@ def score_detections(detections: Detections, graph: SceneGraph) -> VideoScore:
     absent = [c for c in range(len(_PALETTE)) if c not in colors]
     score.spurious = int(drawn[absent].sum())
 
-    if graph.relationships:
-        in_span = active_triples([rel.span for rel in graph.relationships], F).numpy().T  # (T, F)
-    for t, rel in enumerate(graph.relationships):
-        frames = np.flatnonzero(in_span[t])
+    for rel, frames in zip(graph.relationships, _span_frames(graph, detections.num_frames)):
         score.timed.append(rel.time is not None)
         score.predicates.append(rel.predicate)
         score.triples.append(bool(frames.size) and _triple_holds(rel.predicate, det, cen, rel.subject, rel.object, frames))
     return score
+
+
+def _graph_tracks(detections: Detections, graph: SceneGraph) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The graph's objects' palette indices, and their detections (n, F) and centres (n, F, 2)."""
+    colors = [_color_index(name) for name in graph.object_names]
+    return colors, detections.detected[colors], detections.centers[colors]
+
+
+def _span_frames(graph: SceneGraph, num_frames: int) -> list[np.ndarray]:
+    """Per triple, the frame indices of its span (``active_triples``, the one place spans map to frames)."""
+    if not graph.relationships:
+        return []
+    in_span = active_triples([rel.span for rel in graph.relationships], num_frames).numpy().T  # (T, F)
+    return [np.flatnonzero(row) for row in in_span]
 
 
 def _span_ends(frames: np.ndarray) -> np.ndarray:
@@ -235,17 +244,11 @@ def triple_outcomes(detections: Detections, graph: SceneGraph) -> list[tuple[str
     :func:`score_detections` (a triple ``"holds"`` exactly when it counts as satisfied there). The
     first reason that applies is given: a missing object before detections, detections before
     geometry."""
-    F = detections.num_frames
-    colors = [_color_index(name) for name in graph.object_names]
-    det, cen = detections.detected[colors], detections.centers[colors]
+    colors, det, cen = _graph_tracks(detections, graph)
     recalled = _drawn(detections)[colors]
-    if not graph.relationships:
-        return []
-    in_span = active_triples([rel.span for rel in graph.relationships], F).numpy().T  # (T, F)
     outcomes = []
-    for t, rel in enumerate(graph.relationships):
-        frames, s, o = np.flatnonzero(in_span[t]), rel.subject, rel.object
-        kind = triple_kind(rel)
+    for rel, frames in zip(graph.relationships, _span_frames(graph, detections.num_frames)):
+        s, o, kind = rel.subject, rel.object, triple_kind(rel)
         if frames.size and _triple_holds(rel.predicate, det, cen, s, o, frames):
             outcome = "holds"
         elif not (recalled[s] and recalled[o]):

@@ -807,30 +807,26 @@ class SceneGraphUNet3DConditionModel(UNet3DConditionModel, PeftAdapterMixin):
         raise NotImplementedError("fused QKV projections would replace the graph attention processors")
 
 
+def _check_sampling_scale(name: str, value, enabled: bool, what: str, flag: str) -> None:
+    """A sampling-time scale ``name`` is a finite number >= 0, and anything but 1 needs the UNet's
+    ``flag`` (``what`` it scales): elsewhere there is nothing to scale."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if value != 1 and not enabled:
+        raise ValueError(f"{name}={value!r} scales {what}, and this UNet has none ({flag} is off): leave it at 1")
+
+
 def check_motion_scale(motion_scale, graph_layout_motion: bool) -> None:
     """A sampling-time motion scale is a finite number >= 0, and anything but 1 needs a UNet with the
     moving layout (``graph_layout_motion``): elsewhere there is no motion to scale."""
-    number = isinstance(motion_scale, (int, float)) and not isinstance(motion_scale, bool)
-    if not number or not math.isfinite(motion_scale) or motion_scale < 0:
-        raise ValueError(f"motion_scale must be a finite number >= 0, got {motion_scale!r}")
-    if motion_scale != 1 and not graph_layout_motion:
-        raise ValueError(
-            f"motion_scale={motion_scale!r} scales the moving layout, and this UNet has none "
-            "(graph_layout_motion is off): leave it at 1"
-        )
+    _check_sampling_scale("motion_scale", motion_scale, graph_layout_motion, "the moving layout", "graph_layout_motion")
 
 
 def check_layout_scale(layout_scale, graph_layout_bias: bool) -> None:
     """A sampling-time layout scale is a finite number >= 0, and anything but 1 needs a UNet with the
     layout bias (``graph_layout_bias``): elsewhere there is no bias to scale."""
-    number = isinstance(layout_scale, (int, float)) and not isinstance(layout_scale, bool)
-    if not number or not math.isfinite(layout_scale) or layout_scale < 0:
-        raise ValueError(f"layout_scale must be a finite number >= 0, got {layout_scale!r}")
-    if layout_scale != 1 and not graph_layout_bias:
-        raise ValueError(
-            f"layout_scale={layout_scale!r} scales the layout bias, and this UNet has none "
-            "(graph_layout_bias is off): leave it at 1"
-        )
+    _check_sampling_scale("layout_scale", layout_scale, graph_layout_bias, "the layout bias", "graph_layout_bias")
 
 
 def _check_layout_motion(motion: bool, layout_bias: bool, global_dim: int) -> None:

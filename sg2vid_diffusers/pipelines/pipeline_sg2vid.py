@@ -427,7 +427,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         check_motion_scale(motion_scale, moving)
         layout_bias = self.unet.config.graph_layout_bias
         if layout_scale is None:  # as for the motion scale
-            layout_scale = self.config.get("default_layout_scale", 1.0) if layout_bias else 1.0
+            layout_scale = self.config.default_layout_scale if layout_bias else 1.0
         check_layout_scale(layout_scale, layout_bias)
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         batch_size = len(graphs)
