@@ -111,6 +111,9 @@ def test_decoder_noise_changes_what_the_decoder_learns(data, tmp_path):
         (["--pretrained_vae", "x", "--train_decoder_only", "--decoder_noise", "nan"], "--decoder_noise"),
         (["--colour_separation_weight", "-1"], "--colour_separation_weight must be"),
         (["--pretrained_vae", "x", "--train_decoder_only", "--colour_separation_weight", "1"], "keeps fixed"),
+        (["--latent_anchor_weight", "1"], "give --pretrained_vae"),
+        (["--pretrained_vae", "x", "--latent_anchor_weight", "-1"], "--latent_anchor_weight must be"),
+        (["--pretrained_vae", "x", "--train_decoder_only", "--latent_anchor_weight", "1"], "keeps fixed"),
     ],
 )
 def test_decoder_flags_are_checked(extra, message, tmp_path, capsys):
@@ -155,3 +158,33 @@ def test_colour_separation_trains_and_is_recorded(data, tmp_path):
     _run(data, plain, 2)
     a, b = load_file(out / "diffusion_pytorch_model.safetensors"), load_file(plain / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))  # it moved the encoder
+
+
+def test_latent_anchor_keeps_the_latents_near_the_starting_vae(data, tmp_path):
+    base = tmp_path / "base"
+    _run(data, base, 2)
+
+    def tune(out, anchor):
+        _script().main([
+            "--train_data_dir", str(data / "train"), "--output_dir", str(out), "--pretrained_vae", str(base),
+            "--colour_separation_weight", "1", "--latent_anchor_weight", anchor, "--max_train_steps", "3",
+            "--train_batch_size", "4", "--checkpointing_steps", "3", "--lr_warmup_steps", "0",
+            "--learning_rate", "1e-2", "--seed", "3",
+        ])  # fmt: skip
+        return AutoencoderKL.from_pretrained(out).eval()
+
+    free, anchored = tune(tmp_path / "free", "0"), tune(tmp_path / "anchored", "1000")
+    assert not any("anchor" in k for k in load_file(tmp_path / "anchored" / "diffusion_pytorch_model.safetensors"))
+    assert "latent anchor weight 1000" in (tmp_path / "anchored" / "README.md").read_text()
+    start = AutoencoderKL.from_pretrained(base).eval()
+    from sg2vid_diffusers.data.video_folder import SceneGraphVideoFolder
+
+    script = _script()
+    x = script.to_unit_range(script.load_frames(SceneGraphVideoFolder(data / "train")))
+    with torch.no_grad():
+        z0 = start.encode(x).latent_dist.mean
+
+        def drift(vae):
+            return float(((vae.encode(x).latent_dist.mean - z0) ** 2).mean())
+
+        assert drift(anchored) < 0.5 * drift(free)  # the anchor holds the latent space the UNet knows

@@ -616,6 +616,38 @@ def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):
     assert (out / "latent_cache.safetensors").stat().st_mtime_ns != stamp
 
 
+def test_vae_replaces_a_pipeline_folders_vae_and_its_latents_are_encoded_anew(work, tmp_path):
+    tiny_vae(seed=7).save_pretrained(tmp_path / "new_vae")
+    out = tmp_path / "swapped"
+    train("--pretrained_model_name_or_path", work / "pipe", "--vae", tmp_path / "new_vae", "--cache_latents",
+          *common(work, out, "--max_train_steps", 1))  # fmt: skip
+    vae, new, old = weights(out, "vae"), load_file(tmp_path / "new_vae" / "diffusion_pytorch_model.safetensors"), weights(work / "pipe", "vae")
+    assert vae.keys() == new.keys() and all(torch.equal(vae[k], new[k]) for k in vae)  # saved with the new VAE
+    assert any(not torch.equal(vae[k], old[k]) for k in vae)
+    unet, start = weights(out, "unet"), weights(work / "pipe", "unet")
+    assert any(not torch.equal(unet[k], start[k]) for k in unet)  # its UNet trained on the new latents
+    first = json.loads((work / "data" / "metadata.jsonl").read_text().splitlines()[0])
+    clip = np.load(work / "data" / first["file_name"])
+    videos = resize_videos(torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float() / 255, 16)
+    with torch.no_grad():
+        mean = SceneGraphToVideoPipeline.from_pretrained(out).vae.encode(videos[0] * 2 - 1).latent_dist.mean
+    torch.testing.assert_close(load_file(out / "latent_cache.safetensors")["mean"][0].transpose(0, 1), mean,
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    assert f"with its VAE replaced by `{tmp_path / 'new_vae'}`" in (out / "README.md").read_text()
+
+    with pytest.raises(SystemExit):  # a new VAE's config is no pipeline's VAE
+        script.parse_args([str(a) for a in ["--pretrained_model_name_or_path", work / "pipe", "--vae_config", "{}",
+                                            *common(work, tmp_path / "bad")]])  # fmt: skip
+    vae = tiny_vae()
+    coarser = type(vae)(**{**{k: v for k, v in vae.config.items() if not k.startswith("_")},
+                           "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+                           "block_out_channels": [8, 16, 16]})  # fmt: skip
+    coarser.save_pretrained(tmp_path / "coarser_vae")
+    with pytest.raises(ValueError, match="downsamples frames 4x, the pipeline's VAE 2x"):
+        train("--pretrained_model_name_or_path", work / "pipe", "--vae", tmp_path / "coarser_vae",
+              *common(work, tmp_path / "bad", "--max_train_steps", 1))  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- layout loss
 
 

@@ -32,6 +32,11 @@ space the diffusion model works in: a VAE trained without it put red and magenta
 was at least 5.15 from every colour, and the denoiser swapped the close ones
 (``training/colour_diagnostics.py --vae DIR`` prints the distances).
 
+``--latent_anchor_weight W`` (with ``--pretrained_vae``) adds W x the mean squared distance between
+the posterior means and those of a frozen copy of the starting VAE's encoder, in its scaled latent
+units: the latent space moves only as far as the other terms (the colour probe) need, so a UNet
+trained on the starting VAE can be fine-tuned onto the new one rather than trained from scratch.
+
 The output folder is ``AutoencoderKL.save_pretrained`` with ``scaling_factor`` set to 1 / (the
 latents' standard deviation on the training frames), as latent diffusion expects, plus a model card.
 ``checkpoint-N`` folders resume a run (``--resume_from_checkpoint latest``) at the same step with the
@@ -39,6 +44,7 @@ same data order.
 """
 
 import argparse
+import copy
 import json
 import logging
 import sys
@@ -103,6 +109,11 @@ def parse_args(argv=None):
         "--colour_separation_weight", type=float, default=0.0,
         help="weight of the palette-colour probe loss on the latents (SG-Shapes colours; 0: off)",
     )  # fmt: skip
+    p.add_argument(
+        "--latent_anchor_weight", type=float, default=0.0,
+        help="with --pretrained_vae: weight of the mean squared distance between the posterior means and those of "
+        "the VAE it starts from, in that VAE's scaled latent units (keeps a UNet trained on it close to at home; 0: off)",
+    )  # fmt: skip
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--checkpoints_total_limit", type=int, default=2)
@@ -125,6 +136,12 @@ def parse_args(argv=None):
         p.error(f"--colour_separation_weight must be a finite number >= 0, got {args.colour_separation_weight}")
     if args.colour_separation_weight > 0 and args.train_decoder_only:
         p.error("--colour_separation_weight shapes the latent space, which --train_decoder_only keeps fixed")
+    if not (args.latent_anchor_weight >= 0 and np.isfinite(args.latent_anchor_weight)):
+        p.error(f"--latent_anchor_weight must be a finite number >= 0, got {args.latent_anchor_weight}")
+    if args.latent_anchor_weight > 0 and not args.pretrained_vae:
+        p.error("--latent_anchor_weight keeps the latents near those of the VAE it starts from: give --pretrained_vae")
+    if args.latent_anchor_weight > 0 and args.train_decoder_only:
+        p.error("--latent_anchor_weight anchors a moving latent space, which --train_decoder_only keeps fixed")
     if args.decoder_noise > 0 and not args.train_decoder_only:
         p.error("--decoder_noise trains the decoder on perturbed latents of a fixed encoder: add --train_decoder_only")
     return args
@@ -211,10 +228,18 @@ class Autoencode(torch.nn.Module):
     """Encode, sample with the given noise, decode: one forward pass, so that distributed training
     (which synchronises gradients through the wrapped module's forward) sees every weight."""
 
-    def __init__(self, vae: AutoencoderKL, decoder_only: bool = False, colour_probe: bool = False):
+    def __init__(
+        self, vae: AutoencoderKL, decoder_only: bool = False, colour_probe: bool = False, anchor: bool = False
+    ):
         super().__init__()
         self.vae = vae
         self.decoder_only = decoder_only
+        # A frozen copy of the encoder side the run starts from (--latent_anchor_weight; not saved with the VAE).
+        self.anchor = None
+        if anchor:
+            self.anchor = copy.deepcopy(torch.nn.ModuleDict({"encoder": vae.encoder, "quant_conv": vae.quant_conv}))
+            self.anchor.requires_grad_(False)
+            self.anchor_scale = float(vae.config.scaling_factor)
         # The colour probe's class directions (training only: not part of the saved VAE).
         self.colour_directions = None
         if colour_probe:
@@ -229,10 +254,12 @@ class Autoencode(torch.nn.Module):
         noise: torch.Tensor,
         latent_noise: torch.Tensor | None = None,
         colour_labels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``noise``: the posterior's sampling noise; ``latent_noise`` (unscaled latent units) is added
         to the sampled latent before decoding (``--decoder_noise``); with ``colour_labels`` (and the
-        probe) the third output is :func:`colour_separation_loss` of the posterior means."""
+        probe) the third output is :func:`colour_separation_loss` of the posterior means; with the
+        anchor the fourth is the mean squared distance between the posterior means and the anchor
+        encoder's, in the starting VAE's scaled latent units."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
             posterior = self.vae.encode(x).latent_dist
             latents = posterior.mean + posterior.std * noise.to(posterior.mean)
@@ -240,9 +267,17 @@ class Autoencode(torch.nn.Module):
         colour = None
         if colour_labels is not None and self.colour_directions is not None:
             colour = colour_separation_loss(posterior.mean, colour_labels, self.colour_directions)
+        drift = None
+        if self.anchor is not None:
+            with torch.no_grad():
+                moments = self.anchor["encoder"](x)
+                if self.anchor["quant_conv"] is not None:
+                    moments = self.anchor["quant_conv"](moments)
+                anchored = moments.chunk(2, dim=1)[0]
+            drift = F.mse_loss(posterior.mean * self.anchor_scale, anchored * self.anchor_scale)
         if latent_noise is not None:
             latents = latents + latent_noise.to(latents)
-        return self.vae.decode(latents).sample, kl, colour
+        return self.vae.decode(latents).sample, kl, colour, drift
 
 
 def main(argv=None):
@@ -276,7 +311,10 @@ def main(argv=None):
         vae.encoder.requires_grad_(False)
         if vae.quant_conv is not None:
             vae.quant_conv.requires_grad_(False)
-    autoencode = Autoencode(vae, decoder_only=args.train_decoder_only, colour_probe=args.colour_separation_weight > 0)
+    autoencode = Autoencode(
+        vae, decoder_only=args.train_decoder_only, colour_probe=args.colour_separation_weight > 0,
+        anchor=args.latent_anchor_weight > 0,
+    )  # fmt: skip
     trained = [p for p in autoencode.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=args.learning_rate, weight_decay=0.0)
     lr_scheduler = get_scheduler(
@@ -328,12 +366,14 @@ def main(argv=None):
         if args.colour_separation_weight > 0:
             labels = colour_cell_labels(frames, latent_factor).to(accelerator.device)
         with accelerator.autocast():
-            recon, kl, colour = autoencode(x, noise.to(accelerator.device), latent_noise, labels)
+            recon, kl, colour, drift = autoencode(x, noise.to(accelerator.device), latent_noise, labels)
             mse = F.mse_loss(recon.float(), x)
             pixel = mse if args.reconstruction_loss == "mse" else F.l1_loss(recon.float(), x)
             loss = pixel + args.kl_weight * kl
             if colour is not None:
                 loss = loss + args.colour_separation_weight * colour.float()
+            if drift is not None:
+                loss = loss + args.latent_anchor_weight * drift.float()
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trained, args.max_grad_norm)
         optimizer.step()
@@ -344,7 +384,9 @@ def main(argv=None):
         logs = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "lr": lr_scheduler.get_last_lr()[0]}
         if colour is not None:
             logs["colour"] = colour.item()
-        progress.set_postfix(mse=f"{logs['mse']:.4f}")
+        if drift is not None:
+            logs["drift"] = drift.item()
+        progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("mse", "colour", "drift")})
         accelerator.log(logs, step=done)
 
         if done % args.checkpointing_steps == 0 or done == args.max_train_steps:
@@ -377,7 +419,8 @@ def main(argv=None):
             f"- data: `{args.train_data_dir}` ({len(train_frames)} frames)",
             f"- steps: {args.max_train_steps} (batch {args.train_batch_size} frames x {accelerator.num_processes} processes),"
             f" lr {args.learning_rate}, {args.reconstruction_loss} loss, KL weight {args.kl_weight}"
-            + (f", colour separation weight {args.colour_separation_weight:g}" if args.colour_separation_weight else ""),
+            + (f", colour separation weight {args.colour_separation_weight:g}" if args.colour_separation_weight else "")
+            + (f", latent anchor weight {args.latent_anchor_weight:g}" if args.latent_anchor_weight else ""),
             f"- wall time of this run: {minutes:.1f} min",
             f"- scaling_factor: {model.config.scaling_factor:.4f}",
         ]

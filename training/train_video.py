@@ -117,7 +117,12 @@ def parse_args(argv=None):
         help="SceneGraphUNet3DConditionModel config (a JSON file or JSON text) for a graph-only UNet from scratch; "
         "needs --vae or --vae_config, and --sg_encoder.",
     )
-    model.add_argument("--vae", default=None, help="An AutoencoderKL folder, with --unet_config.")
+    model.add_argument(
+        "--vae",
+        default=None,
+        help="An AutoencoderKL folder: the VAE of a --unet_config model, or one replacing a pipeline folder's "
+        "(fine-tuning its UNet onto a new latent space, e.g. train_vae.py --latent_anchor_weight).",
+    )
     model.add_argument("--vae_config", default=None, help="A new AutoencoderKL of this config (JSON): for tests.")
     model.add_argument("--sg_encoder", default=None, help="A SceneGraphEncoder folder (with its vocab.json).")
     model.add_argument("--train_sg_encoder", action="store_true", help="Fine-tune the graph encoder (else frozen).")
@@ -241,8 +246,8 @@ def parse_args(argv=None):
         if args.rank is not None:
             parser.error("--rank adapts a pretrained UNet; with --unet_config the whole UNet trains")
         args.train_unet = True
-    elif args.vae is not None or args.vae_config is not None:
-        parser.error("--vae and --vae_config go with --unet_config (a pipeline folder brings its VAE)")
+    elif args.vae_config is not None:
+        parser.error("--vae_config goes with --unet_config (a pipeline folder brings its VAE; --vae replaces it)")
     if args.rank is not None and args.train_unet:
         parser.error("--rank and --train_unet exclude each other (LoRA or the whole UNet)")
     check_training_arguments(
@@ -303,6 +308,17 @@ def load_models(args):
             pipeline = SceneGraphToVideoPipeline.from_pretrained(path)
             if args.sg_encoder:
                 pipeline.register_modules(sg_encoder=SceneGraphEncoder.from_pretrained(args.sg_encoder))
+            if args.vae:  # a new latent space for the pipeline's UNet (the latent cache follows the VAE's weights)
+                vae = AutoencoderKL.from_pretrained(args.vae)
+                factor = 2 ** (len(vae.config.block_out_channels) - 1)
+                if factor != pipeline.vae_scale_factor:
+                    raise ValueError(
+                        f"--vae {args.vae} downsamples frames {factor}x, the pipeline's VAE "
+                        f"{pipeline.vae_scale_factor}x: the UNet was trained on latents of the latter's size"
+                    )
+                pipeline.register_modules(vae=vae)
+        elif args.vae is not None:
+            raise ValueError(f"--vae replaces the VAE of one of our pipeline folders; {path} is a {pipeline_class} folder")
         elif args.sg_encoder is None:
             raise ValueError(f"{path} is a {pipeline_class} folder: a text-to-video backbone needs --sg_encoder")
         else:  # decoupled graph attention on the text-to-video UNet, as conversion/convert_t2v_to_sg2vid.py does
@@ -574,6 +590,8 @@ def write_model_card(args, info):
     lora = [f'pipe.load_lora_weights("{repo}")  # the LoRA, beside the pipeline'] if args.rank else []
     start = f"`{args.pretrained_model_name_or_path}`" if args.pretrained_model_name_or_path else "a new UNet"
     encoder = f"`{args.sg_encoder}`" if args.sg_encoder else "the pipeline's"
+    if args.vae and args.pretrained_model_name_or_path:
+        start += f" with its VAE replaced by `{args.vae}`"
     lines = [
         "---",
         card_data.to_yaml(),
