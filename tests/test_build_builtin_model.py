@@ -240,3 +240,26 @@ def test_a_guidance_choice_made_before_layout_scales_only_gets_the_layout_scale_
     assert command[command.index("--guidance-scale") + 1] == "4" and command[command.index("--motion-scale") + 1] == "2"
     assert command[command.index("--layout-scale") + 1] == "3.0"
     assert recipe.stage_guidance(args, preset, tmp_path) is False and len(commands) == 1  # nothing left to choose
+
+
+def test_only_the_builtin_preset_exports_into_the_package_by_default(tmp_path):
+    recipe = load_recipe()
+    assert recipe.parse_args(["--work_dir", str(tmp_path)]).export_dir == recipe.BUILTIN_DIR
+    for preset in ("smoke", "builtin_next"):
+        assert recipe.parse_args(["--work_dir", str(tmp_path), "--preset", preset]).export_dir == tmp_path / "export"
+    chosen = tmp_path / "elsewhere"
+    assert recipe.parse_args(["--work_dir", str(tmp_path), "--preset", "smoke", "--export_dir", str(chosen)]).export_dir == chosen
+
+
+def test_the_next_recipe_is_the_shipped_one_with_its_lessons_from_the_start(tmp_path):
+    recipe = load_recipe()
+    shipped, nxt = recipe.PRESETS["builtin"], recipe.PRESETS["builtin_next"]
+    assert nxt["encoder"] == [*shipped["encoder"], "--layout_loss_weight", "1"]
+    assert nxt["vae"] == [*shipped["vae"], "--colour_separation_weight", "0.05"]
+    assert nxt["unet"] == shipped["unet"] and nxt["video"] == shipped["video"]
+    # One run from scratch in three legs, with the layout bias and the moving layout from its first step.
+    runs = recipe.video_runs(nxt, tmp_path)
+    assert [(leg["max_train_steps"], out.name, source) for leg, out, source, _ in runs] == [
+        (12000, "video", None), (24000, "video", None), (36000, "video", None)]  # fmt: skip
+    assert all({"--graph_layout_bias", "--graph_layout_motion"} <= set(leg["flags"]) for leg, *_ in runs)
+    assert recipe.final_video_dir(nxt, tmp_path) == tmp_path / "video"
