@@ -112,7 +112,8 @@ def parse_args(argv=None):
     p.add_argument(
         "--latent_anchor_weight", type=float, default=0.0,
         help="with --pretrained_vae: weight of the mean squared distance between the posterior means and those of "
-        "the VAE it starts from, in that VAE's scaled latent units (keeps a UNet trained on it close to at home; 0: off)",
+        "the VAE it starts from, in that VAE's scaled latent units (so that a UNet trained on that VAE can be "
+        "fine-tuned onto this one; 0: off)",
     )  # fmt: skip
     p.add_argument("--max_grad_norm", type=float, default=1.0)
     p.add_argument("--checkpointing_steps", type=int, default=500)
