@@ -86,3 +86,8 @@ class PipelineFolder:
         Path(directory, "README.md").write_text(self.card)
         for file in self.files:
             shutil.copyfile(file, Path(directory, Path(file).name))
+
+
+def vae_scale_factor(vae) -> int:
+    """How many times an ``AutoencoderKL`` shrinks each side of a frame (2 per down block after the first)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)

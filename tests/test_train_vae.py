@@ -42,6 +42,15 @@ def _run(data, out, steps, extra=()):
     ])  # fmt: skip
 
 
+def _tune(data, base, out, extra=(), steps=2):
+    """A run that continues the VAE in ``base`` (``--pretrained_vae``)."""
+    _script().main([
+        "--train_data_dir", str(data / "train"), "--output_dir", str(out), "--pretrained_vae", str(base),
+        "--max_train_steps", str(steps), "--train_batch_size", "4", "--checkpointing_steps", "2",
+        "--lr_warmup_steps", "0", "--learning_rate", "1e-2", "--seed", "3", *extra,
+    ])  # fmt: skip
+
+
 def test_trains_validates_and_saves_a_loadable_vae(data, tmp_path):
     out = tmp_path / "vae"
     _run(data, out, 2, ["--validation_data_dir", str(data / "validation"), "--validation_steps", "2"])
@@ -68,12 +77,7 @@ def test_decoder_only_keeps_the_latent_space_and_trains_the_decoder(data, tmp_pa
     base = tmp_path / "base"
     _run(data, base, 2)
     tuned = tmp_path / "tuned"
-    _script().main([
-        "--train_data_dir", str(data / "train"), "--output_dir", str(tuned), "--pretrained_vae", str(base),
-        "--train_decoder_only", "--decoder_noise", "0.5", "--reconstruction_loss", "l1",
-        "--max_train_steps", "2", "--train_batch_size", "4", "--checkpointing_steps", "2",
-        "--lr_warmup_steps", "0", "--learning_rate", "1e-2", "--seed", "3",
-    ])  # fmt: skip
+    _tune(data, base, tuned, ["--train_decoder_only", "--decoder_noise", "0.5", "--reconstruction_loss", "l1"])
     a = load_file(base / "diffusion_pytorch_model.safetensors")
     b = load_file(tuned / "diffusion_pytorch_model.safetensors")
     encoder_side = [k for k in a if k.startswith(("encoder.", "quant_conv."))]
@@ -91,11 +95,7 @@ def test_decoder_noise_changes_what_the_decoder_learns(data, tmp_path):
     _run(data, base, 2)
 
     def tune(out, noise):
-        _script().main([
-            "--train_data_dir", str(data / "train"), "--output_dir", str(out), "--pretrained_vae", str(base),
-            "--train_decoder_only", "--decoder_noise", noise, "--max_train_steps", "2", "--train_batch_size", "4",
-            "--checkpointing_steps", "2", "--lr_warmup_steps", "0", "--learning_rate", "1e-2", "--seed", "3",
-        ])  # fmt: skip
+        _tune(data, base, out, ["--train_decoder_only", "--decoder_noise", noise])
         return load_file(out / "diffusion_pytorch_model.safetensors")
 
     clean, noisy = tune(tmp_path / "clean", "0"), tune(tmp_path / "noisy", "2")
@@ -165,12 +165,7 @@ def test_latent_anchor_keeps_the_latents_near_the_starting_vae(data, tmp_path):
     _run(data, base, 2)
 
     def tune(out, anchor):
-        _script().main([
-            "--train_data_dir", str(data / "train"), "--output_dir", str(out), "--pretrained_vae", str(base),
-            "--colour_separation_weight", "1", "--latent_anchor_weight", anchor, "--max_train_steps", "3",
-            "--train_batch_size", "4", "--checkpointing_steps", "3", "--lr_warmup_steps", "0",
-            "--learning_rate", "1e-2", "--seed", "3",
-        ])  # fmt: skip
+        _tune(data, base, out, ["--colour_separation_weight", "1", "--latent_anchor_weight", anchor], steps=3)
         return AutoencoderKL.from_pretrained(out).eval()
 
     free, anchored = tune(tmp_path / "free", "0"), tune(tmp_path / "anchored", "1000")

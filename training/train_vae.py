@@ -64,7 +64,7 @@ from tqdm.auto import tqdm
 from sg2vid_diffusers.data.video_folder import SceneGraphVideoFolder
 from sg2vid_diffusers.scene_graph import SceneGraphError
 from sg2vid_diffusers.training_utils import EpochBatches, find_resume_checkpoint, save_checkpoint, step_generator
-from sg2vid_diffusers.utils import atomic_write_text
+from sg2vid_diffusers.utils import atomic_write_text, vae_scale_factor
 
 logger = get_logger(__name__)
 
@@ -235,12 +235,8 @@ class Autoencode(torch.nn.Module):
         super().__init__()
         self.vae = vae
         self.decoder_only = decoder_only
-        # A frozen copy of the encoder side the run starts from (--latent_anchor_weight; not saved with the VAE).
-        self.anchor = None
-        if anchor:
-            self.anchor = copy.deepcopy(torch.nn.ModuleDict({"encoder": vae.encoder, "quant_conv": vae.quant_conv}))
-            self.anchor.requires_grad_(False)
-            self.anchor_scale = float(vae.config.scaling_factor)
+        # A frozen copy of the VAE the run starts from (--latent_anchor_weight; not saved with the VAE).
+        self.anchor = copy.deepcopy(vae).requires_grad_(False) if anchor else None
         # The colour probe's class directions (training only: not part of the saved VAE).
         self.colour_directions = None
         if colour_probe:
@@ -271,11 +267,9 @@ class Autoencode(torch.nn.Module):
         drift = None
         if self.anchor is not None:
             with torch.no_grad():
-                moments = self.anchor["encoder"](x)
-                if self.anchor["quant_conv"] is not None:
-                    moments = self.anchor["quant_conv"](moments)
-                anchored = moments.chunk(2, dim=1)[0]
-            drift = F.mse_loss(posterior.mean * self.anchor_scale, anchored * self.anchor_scale)
+                anchored = self.anchor.encode(x).latent_dist.mean
+            scale = self.anchor.config.scaling_factor
+            drift = F.mse_loss(posterior.mean * scale, anchored * scale)
         if latent_noise is not None:
             latents = latents + latent_noise.to(latents)
         return self.vae.decode(latents).sample, kl, colour, drift
@@ -351,7 +345,7 @@ def main(argv=None):
     )  # fmt: skip
     start_time, figures = time.time(), {}
     model = accelerator.unwrap_model(autoencode).vae
-    latent_factor = 2 ** (len(model.config.block_out_channels) - 1)
+    latent_factor = vae_scale_factor(model)
     for step in range(first_step, args.max_train_steps):
         frames = train_frames[next(batches)]
         x = to_unit_range(frames).to(accelerator.device)

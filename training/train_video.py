@@ -92,7 +92,7 @@ from sg2vid_diffusers.training_utils import (
     step_generator,
     take_frame_windows,
 )
-from sg2vid_diffusers.utils import atomic_path, atomic_write_text
+from sg2vid_diffusers.utils import atomic_path, atomic_write_text, vae_scale_factor
 from sg2vid_diffusers.video_io import write_video
 
 logger = get_logger(__name__, log_level="INFO")
@@ -310,7 +310,7 @@ def load_models(args):
                 pipeline.register_modules(sg_encoder=SceneGraphEncoder.from_pretrained(args.sg_encoder))
             if args.vae:  # a new latent space for the pipeline's UNet (the latent cache follows the VAE's weights)
                 vae = AutoencoderKL.from_pretrained(args.vae)
-                factor = 2 ** (len(vae.config.block_out_channels) - 1)
+                factor = vae_scale_factor(vae)
                 if factor != pipeline.vae_scale_factor:
                     raise ValueError(
                         f"--vae {args.vae} downsamples frames {factor}x, the pipeline's VAE "

@@ -37,7 +37,7 @@ from ..models.unet_3d_graph import (
     check_motion_scale,
 )
 from ..scene_graph import SceneGraph, parse_scene_graphs
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, vae_scale_factor
 
 __all__ = ["SceneGraphToVideoPipeline", "SceneGraphToVideoPipelineOutput"]
 
@@ -112,7 +112,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             default_motion_scale=float(default_motion_scale),
             default_layout_scale=float(default_layout_scale),
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
+        self.vae_scale_factor = vae_scale_factor(self.vae) if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
         self._vae_slicing = False
 
