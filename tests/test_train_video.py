@@ -248,6 +248,24 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(graph_run, work):
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-4"]  # total limit 1, .tmp replaced
 
 
+def test_resuming_a_checkpoint_at_its_own_step_saves_its_pipeline(graph_run, work):
+    # How an unfinished run's checkpoint is evaluated (docs/training_video.md): a copy of it, resumed with
+    # --max_train_steps at its step, trains nothing and saves the pipeline the run would have saved there.
+    exported = work / "exported"
+    shutil.copytree(graph_run / "checkpoint-4", exported / "checkpoint-4")
+    train(
+        "--pretrained_model_name_or_path", work / "pipe",
+        *common(work, exported, "--max_train_steps", 4, "--use_ema", "--snr_gamma", 5,
+                "--resume_from_checkpoint", "latest"),
+    )  # fmt: skip
+    expected, got = weights(graph_run, "unet"), weights(exported, "unet")
+    assert_same(got, expected, expected)  # the EMA weights, bit for bit
+    graph_key = next(key for key in got if is_graph_weight(key))
+    assert not torch.equal(got[graph_key], weights(work / "pipe", "unet")[graph_key])  # trained ones, not the start
+    assert sorted(p.name for p in exported.glob("checkpoint-*")) == ["checkpoint-4"]  # no step, no new checkpoint
+    assert "- steps: 4," in (exported / "README.md").read_text()
+
+
 def test_resuming_with_other_trained_weights_is_refused(graph_run, work):
     other = work / "other"
     shutil.copytree(graph_run / "checkpoint-2", other / "checkpoint-2")
