@@ -43,6 +43,7 @@ from sg2vid_diffusers.training_utils import (
     set_trainable_parameters,
     take_frame_windows,
 )
+from sg2vid_diffusers.utils import vae_scale_factor
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train_video.py"
@@ -87,6 +88,16 @@ def generate(folder, lora=False):
 
 def weights(folder, component):
     return load_file(Path(folder) / component / "diffusion_pytorch_model.safetensors")
+
+
+def first_clip_posterior(work, vae):
+    """The latent posterior of the first training clip of ``work`` at the training resolution (16), as
+    the latent cache should hold it: (F, C, h, w)."""
+    first = json.loads((work / "data" / "metadata.jsonl").read_text().splitlines()[0])
+    clip = np.load(work / "data" / first["file_name"])
+    videos = resize_videos(torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float() / 255, 16)
+    with torch.no_grad():
+        return vae.encode(videos[0] * 2 - 1).latent_dist
 
 
 def assert_same(got, expected, keys):
@@ -602,12 +613,8 @@ def test_cached_latents_are_the_vae_posteriors_and_are_reused(work):
     generate(out)
 
     cache = load_file(out / "latent_cache.safetensors")
-    first = json.loads((work / "data" / "metadata.jsonl").read_text().splitlines()[0])
-    clip = np.load(work / "data" / first["file_name"])
-    videos = resize_videos(torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float() / 255, 16)
-    with torch.no_grad():
-        dist = vae.encode(videos[0] * 2 - 1).latent_dist
-    side = 16 // 2 ** (len(vae.config.block_out_channels) - 1)
+    dist = first_clip_posterior(work, vae)
+    side = 16 // vae_scale_factor(vae)
     assert cache["mean"].shape == (8, vae.config.latent_channels, 4, side, side)  # clips, C, F, h, w
     torch.testing.assert_close(cache["mean"][0].transpose(0, 1), dist.mean, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(cache["std"][0].transpose(0, 1), dist.std, rtol=1e-4, atol=1e-5)
@@ -644,11 +651,7 @@ def test_vae_replaces_a_pipeline_folders_vae_and_its_latents_are_encoded_anew(wo
     assert any(not torch.equal(vae[k], old[k]) for k in vae)
     unet, start = weights(out, "unet"), weights(work / "pipe", "unet")
     assert any(not torch.equal(unet[k], start[k]) for k in unet)  # its UNet trained on the new latents
-    first = json.loads((work / "data" / "metadata.jsonl").read_text().splitlines()[0])
-    clip = np.load(work / "data" / first["file_name"])
-    videos = resize_videos(torch.from_numpy(clip).permute(0, 3, 1, 2)[None].float() / 255, 16)
-    with torch.no_grad():
-        mean = SceneGraphToVideoPipeline.from_pretrained(out).vae.encode(videos[0] * 2 - 1).latent_dist.mean
+    mean = first_clip_posterior(work, SceneGraphToVideoPipeline.from_pretrained(out).vae).mean
     torch.testing.assert_close(load_file(out / "latent_cache.safetensors")["mean"][0].transpose(0, 1), mean,
                                rtol=1e-4, atol=1e-5)  # fmt: skip
     assert f"with its VAE replaced by `{tmp_path / 'new_vae'}`" in (out / "README.md").read_text()
