@@ -189,6 +189,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's eta: 0 (the default) samples deterministically from the starting noise, 1 adds "
                         "noise at every step (drawn from each video's seed)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="videos sampled per graph, keeping the one the model finds its graph explains best "
+                        "(default: the model's default_num_candidates)")
     p.add_argument("--batch-size", type=int, default=4, help="videos generated together (.jsonl)")
     p.add_argument("--preview", type=Path, help="also draw the graph beside a strip of frames (PNG), with --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
@@ -214,6 +217,10 @@ def _generate(args: argparse.Namespace) -> int:
             raise _UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise _UsageError(f"--eta must be a finite number >= 0, got {args.eta}")
+    if args.candidates is not None and args.candidates < 1:
+        raise _UsageError(f"--candidates must be >= 1, got {args.candidates}")
+    if args.candidates not in (None, 1) and args.drop_graph:
+        raise _UsageError("--candidates selects videos by their graph, and --drop-graph has none: leave one out")
     for flag, value, check, config_flag, what in _sampling_scales(args):
         try:  # the pipeline's rule, checked before loading anything
             check(value, True)
@@ -254,6 +261,7 @@ def _generate(args: argparse.Namespace) -> int:
             motion_scale=args.motion_scale,
             layout_scale=args.layout_scale,
             eta=args.eta,
+            num_candidates=args.candidates,
             generator=generators,
             drop_graph=args.drop_graph,
         ).frames

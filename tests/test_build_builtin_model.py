@@ -63,7 +63,8 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert (tmp_path / "work" / "guidance" / layout_run / "metadata.jsonl").is_file()
     assert f"default layout scale {guidance['layout_scale']:g}, the best of (1: " in card
     assert (f", motion scale {guidance['motion_scale']:g}, layout scale {guidance['layout_scale']:g}, "
-            "seed = graph index") in card
+            "the best-fitting of 2 candidates, seed = graph index") in card
+    assert model_index["default_num_candidates"] == 2  # the preset's, exported
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
     # The smoke preset's three legs, the second on frame windows with the layout loss, the third a

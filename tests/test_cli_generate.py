@@ -108,6 +108,8 @@ def test_a_bad_line_in_a_jsonl_fails_before_anything_is_generated(model_dir, tmp
         (["--output", "v.mp4", "--layout-scale", "inf"], "--layout-scale must be a finite number >= 0"),
         (["--output", "v.mp4", "--layout-scale", "2"], "--layout-scale 2: this model has no layout bias"),
         (["--output", "v.mp4", "--eta", "-0.5"], "--eta must be a finite number >= 0, got -0.5"),
+        (["--output", "v.mp4", "--candidates", "0"], "--candidates must be >= 1, got 0"),
+        (["--output", "v.mp4", "--candidates", "2", "--drop-graph"], "--drop-graph has none"),
     ],
 )
 def test_bad_arguments(model_dir, tmp_path, capsys, extra, message):
@@ -178,3 +180,25 @@ def test_eta_reaches_the_scheduler_and_the_seed_still_decides(model_dir, tmp_pat
     default = tmp_path / "eta0.npy"
     assert main(["generate", "--scene-graph", str(path), "--output", str(default), "--model", str(model_dir)] + FAST) == 0
     assert not np.array_equal(read_video(default), read_video(tmp_path / "alone0.npy"))
+
+
+def test_candidates_reach_the_pipeline_and_the_first_is_the_seeds_own_video(model_dir, tmp_path):
+    """--candidates N is the pipeline's num_candidates: 1 is the plain video, and with N the video is
+    one of the N the seed's generator draws (candidate 0 is the seed's own); each is deterministic."""
+    import torch
+
+    from sg2vid_diffusers import SceneGraphToVideoPipeline
+
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(GRAPH))
+    videos = {}
+    for n in (None, "1", "3", "3b"):
+        out = tmp_path / f"{n}.npy"
+        extra = [] if n is None else ["--candidates", n[0]]
+        assert main(["generate", "--scene-graph", str(path), "--output", str(out), "--model", str(model_dir)] + FAST + extra) == 0
+        videos[n] = read_video(out)
+    assert np.array_equal(videos[None], videos["1"]) and np.array_equal(videos["3"], videos["3b"])
+    pipe = SceneGraphToVideoPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(scene_graph=GRAPH, num_frames=4, num_inference_steps=2, num_candidates=3, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal((out.frames[0] * 255).round().astype("uint8"), videos["3"])

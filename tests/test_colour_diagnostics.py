@@ -11,7 +11,7 @@ import torch
 
 from sg2vid_diffusers.data.sg_shapes import COLORS, generate_clip
 from sg2vid_diffusers.data.video_folder import write_video_folder
-from sg2vid_diffusers.evaluation.colours import colour_confusions, palette_latent_distances
+from sg2vid_diffusers.evaluation.colours import colour_confusions, count_shapes, palette_latent_distances
 from tiny_models import tiny_vae
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +55,46 @@ def test_an_object_not_drawn_is_a_miss_without_a_swap():
     report = colour_confusions([(erased, graph)])
     assert report.missed == {"red": 1} and report.spurious == 0 and report.missed_beside_spurious == 0
     assert not report.swaps
+
+
+def test_an_object_drawn_in_another_objects_colour_is_borrowed():
+    """The colour leak of docs/builtin_model.md: red drawn in the colour of the graph's other object, so
+    that colour forms two shapes; nothing spurious, the miss counted as borrowed."""
+    frames, graph = _clip_with("red")
+    other = next(name.split()[0] for name in graph.object_names if not name.startswith("red"))
+    leaked = colour_confusions([(_recoloured(frames, "red", other), graph)])
+    assert leaked.missed == {"red": 1} and leaked.spurious == 0 and not leaked.swaps
+    assert leaked.borrowed == {("red", other): 1}
+    assert f"red as {other}: 1" in leaked.format_table()
+    assert not colour_confusions([(frames, graph)]).borrowed
+    erased = frames.copy()
+    erased[(frames == COLORS["red"]).all(-1)] = 0
+    assert not colour_confusions([(erased, graph)]).borrowed  # not drawn at all: nothing borrowed
+    # Given latent distances: the borrowed colour counts as the nearest only when it is.
+    distances = np.full((6, 6), 10.0)
+    red, lender = list(COLORS).index("red"), list(COLORS).index(other)
+    distances[red, lender] = distances[lender, red] = 20.0  # the lender is the farthest colour
+    far = colour_confusions([(_recoloured(frames, "red", other), graph)], distances)
+    assert far.borrowed_nearest == int(len(graph.object_names) == 2)  # nearest only when it is the only other
+    distances[red, lender] = distances[lender, red] = 1.0
+    near = colour_confusions([(_recoloured(frames, "red", other), graph)], distances)
+    assert near.borrowed_nearest == 1 and "nearest of the graph's other colours in 1" in near.format_table()
+    with pytest.raises(ValueError, match="latent_distances must be"):
+        colour_confusions([(frames, graph)], np.zeros((5, 5)))
+
+
+def test_count_shapes_counts_separate_regions_above_a_size():
+    mask = np.zeros((16, 16), dtype=bool)
+    assert count_shapes(mask) == 0
+    mask[1:5, 1:5] = True
+    assert count_shapes(mask) == 1
+    mask[10:14, 10:14] = True
+    assert count_shapes(mask) == 2
+    mask[5, 1:15] = True
+    mask[5:10, 13] = True  # a bridge joins them
+    assert count_shapes(mask) == 1
+    mask[0, 15] = True  # one pixel is noise, not a shape
+    assert count_shapes(mask) == 1 and count_shapes(mask, min_pixels=1) == 2
 
 
 def test_palette_latent_distances_are_a_distance_matrix_over_distinct_frames():

@@ -415,3 +415,82 @@ def test_stochastic_sampling_takes_one_generator_per_video(pipe):
         np.testing.assert_allclose(both.frames[k], alone[0], atol=1e-5, rtol=0)
     deterministic = pipe(scene_graph=STATIC, eta=0.0, generator=torch.Generator().manual_seed(3), **KW).frames
     assert np.abs(deterministic[0] - both.frames[0]).max() > 1e-4  # eta is not ignored
+
+
+# ---------------------------------------------------------------------------------------------------- candidates
+
+
+def test_candidates_keep_the_best_fitting_of_videos_drawn_from_the_same_generator(pipe):
+    """num_candidates=N samples N videos per graph (the first from the noise N=1 uses, the others drawn
+    after it from the same generator), scores them with graph_fit on one shared noise and returns the
+    highest; each candidate is the video its noise gives alone."""
+    out = pipe(scene_graph=DYNAMIC, num_candidates=3, output_type="latent", generator=torch.Generator().manual_seed(0), **KW)
+    assert out.frames.shape == (1, 4, 4, 8, 8) and out.candidate_scores.shape == (1, 3)
+
+    g = torch.Generator().manual_seed(0)
+    noise = torch.cat([torch.randn(1, 4, 4, 8, 8, generator=g), torch.randn(2, 4, 4, 8, 8, generator=g)])
+    alone = torch.cat([pipe(scene_graph=DYNAMIC, latents=n[None], output_type="latent", **KW).frames for n in noise])
+    assert torch.equal(alone[0], _run(pipe, DYNAMIC, output_type="latent")[0])  # candidate 0 = the N=1 video
+    assert not torch.allclose(alone[0], alone[1])
+    graphs = sg2vid_diffusers.parse_scene_graphs([DYNAMIC] * 3)
+    context = pipe.encode_scene_graph(graphs, 4, torch.device("cpu"))
+    fit = pipe.graph_fit(alone, context, generator=g, group_size=3)  # g continues where the candidates stopped
+    torch.testing.assert_close(out.candidate_scores[0], fit, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.frames[0], alone[fit.argmax()], atol=1e-5, rtol=0)
+    frames = pipe(scene_graph=DYNAMIC, num_candidates=3, generator=torch.Generator().manual_seed(0), **KW)
+    np.testing.assert_array_equal(frames.frames, pipe(scene_graph=DYNAMIC, num_candidates=3, generator=torch.Generator().manual_seed(0), **KW).frames)
+
+
+def test_graph_fit_compares_each_graph_with_the_null_graph_on_shared_noise(pipe):
+    """graph_fit is the null graph's denoising error minus the graph's: 0 for a graph whose context is
+    the null graph's, and the same noise for every member of a group (equal latents, equal fits)."""
+    latents = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(1)).repeat(2, 1, 1, 1, 1)
+    context = pipe.encode_scene_graph(sg2vid_diffusers.parse_scene_graphs([STATIC, STATIC]), 4, torch.device("cpu"))
+    fit = pipe.graph_fit(latents, context, generator=torch.Generator().manual_seed(2), group_size=2)
+    assert fit.shape == (2,) and fit[0] != 0
+    torch.testing.assert_close(fit[0], fit[1])
+    apart = pipe.graph_fit(latents, context, generator=torch.Generator().manual_seed(2), group_size=1)
+    assert apart[0] == fit[0] and apart[1] != fit[1]  # ungrouped, the second video gets other noise
+    null = pipe.unet.null_graph_context(2, 4)
+    assert torch.equal(pipe.graph_fit(latents, null, generator=torch.Generator().manual_seed(2)), torch.zeros(2))
+    with pytest.raises(ValueError, match="group_size must divide"):
+        pipe.graph_fit(latents, context, group_size=3)
+
+
+def test_candidates_in_a_batch_give_each_graph_what_it_gets_alone(pipe):
+    seeds = [3, 4]
+    both = pipe(scene_graph=[STATIC, DYNAMIC], num_candidates=2, generator=[torch.Generator().manual_seed(s) for s in seeds], **KW)
+    assert both.candidate_scores.shape == (2, 2)
+    for k, graph in enumerate([STATIC, DYNAMIC]):
+        alone = pipe(scene_graph=graph, num_candidates=2, generator=torch.Generator().manual_seed(seeds[k]), **KW)
+        np.testing.assert_allclose(both.frames[k], alone.frames[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(both.candidate_scores[k], alone.candidate_scores[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_default_number_of_candidates_travels_with_the_model(tmp_path):
+    pipe = tiny_pipeline()
+    assert pipe.config.default_num_candidates == 1
+    assert _run(pipe).shape[0] == 1 and pipe(scene_graph=STATIC, **KW).candidate_scores is None
+    pipe.register_to_config(default_num_candidates=2)
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = SceneGraphToVideoPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_num_candidates == 2
+    out = loaded(scene_graph=STATIC, generator=torch.Generator().manual_seed(0), **KW)
+    assert out.candidate_scores.shape == (1, 2)
+    np.testing.assert_array_equal(out.frames, loaded(scene_graph=STATIC, num_candidates=2, generator=torch.Generator().manual_seed(0), **KW).frames)
+    assert loaded(scene_graph=STATIC, drop_graph=True, **KW).candidate_scores is None  # no graph to select by
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_bad_numbers_of_candidates_are_clear_errors_before_any_compute(pipe, bad):
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="num_candidates must be a positive integer"):
+            pipe(scene_graph=STATIC, num_candidates=bad, **KW)
+        with pytest.raises(ValueError, match="drop_graph has none"):
+            pipe(scene_graph=STATIC, num_candidates=2, drop_graph=True, **KW)
+    finally:
+        hook.remove()
+    assert not calls

@@ -48,14 +48,17 @@ def main(argv=None):
     report = None
     if args.data is not None:
         folder = SceneGraphVideoFolder(args.data)
-        report = colour_confusions((record.read_frames(), record.scene_graph) for record in folder)
+        report = colour_confusions(((record.read_frames(), record.scene_graph) for record in folder),
+                                   latent_distances=latents["distances"])  # fmt: skip
     if args.json:
         result = {"colours": latents["colours"], "latent_distances": np.round(latents["distances"], 4).tolist(),
                   "to_empty": np.round(latents["to_empty"], 4).tolist()}  # fmt: skip
         if report is not None:
             result.update(objects=dict(report.objects), missed=dict(report.missed), spurious=report.spurious,
                           missed_beside_spurious=report.missed_beside_spurious, swaps_same_shape=report.swaps_same_shape,
-                          swaps=[[a, b, n] for (a, b), n in report.swaps.most_common()])  # fmt: skip
+                          swaps=[[a, b, n] for (a, b), n in report.swaps.most_common()],
+                          borrowed=[[a, b, n] for (a, b), n in report.borrowed.most_common()],
+                          borrowed_nearest=report.borrowed_nearest)  # fmt: skip
         print(json.dumps(result, indent=1))
         return
     names = [c[:7] for c in latents["colours"]]

@@ -18,9 +18,9 @@ import numpy as np
 
 from ..data.sg_shapes import COLORS, FRAME_SIZE, render_frames, split_category
 from ..scene_graph import SceneGraph
-from .conformance import _PALETTE, _color_index, _drawn, _drawn_shape, detect_objects
+from .conformance import _PALETTE, MIN_PIXELS, _color_index, _colour_mask, _drawn, _drawn_shape, detect_objects
 
-__all__ = ["ColourReport", "colour_confusions", "palette_latent_distances"]
+__all__ = ["ColourReport", "colour_confusions", "count_shapes", "palette_latent_distances"]
 
 
 @dataclass
@@ -33,6 +33,12 @@ class ColourReport:
     spurious: int = 0  # palette colours drawn in half the frames but absent from the graph
     swaps: Counter = field(default_factory=Counter)  # (wanted, drawn) in videos with one miss and one spurious colour
     swaps_same_shape: int = 0  # of those swaps, drawn with the missed object's shape
+    # missed objects whose video draws another colour of the same graph as two separate shapes (in
+    # half the frames): the object drawn in its neighbour's colour; (wanted, borrowed) pairs
+    borrowed: Counter = field(default_factory=Counter)
+    # with latent distances given: of the borrowed colours, those nearest the missed one in the latent
+    # space among the other colours of its graph
+    borrowed_nearest: int | None = None
 
     @property
     def num_missed(self) -> int:
@@ -47,18 +53,30 @@ class ColourReport:
             f"not in its graph; spurious colours: {self.spurious}",
             f"one miss and one spurious colour in a video: {swaps} videos, the drawn colour with the missed "
             f"object's shape in {self.swaps_same_shape}",
+            f"missed objects drawn in the colour of another object of their graph (that colour drawn twice): "
+            f"{sum(self.borrowed.values())}"
+            + (" (" + ", ".join(f"{a} as {b}: {n}" for (a, b), n in self.borrowed.most_common(8)) + ")" if self.borrowed else "")
+            + ("" if self.borrowed_nearest is None else
+               f"; the borrowed colour is the latent nearest of the graph's other colours in {self.borrowed_nearest}"),
             "most frequent (wanted -> drawn): "
             + (", ".join(f"{a} -> {b} ({n})" for (a, b), n in self.swaps.most_common(8)) or "none"),
         ]
         return "\n".join(lines)
 
 
-def colour_confusions(videos: Iterable[tuple[np.ndarray, SceneGraph]]) -> ColourReport:
+def colour_confusions(
+    videos: Iterable[tuple[np.ndarray, SceneGraph]], latent_distances: np.ndarray | None = None
+) -> ColourReport:
     """Count, over ``(frames, graph)`` pairs of SG-Shapes videos, the objects missed by colour, how
     many of them sit in a video that drew a colour its graph does not have, and which colour was
     drawn instead where a video has exactly one of each (same thresholds as the conformance metric:
-    a colour counts when detected in at least half of the frames)."""
-    report = ColourReport()
+    a colour counts when detected in at least half of the frames); and the missed objects drawn in
+    the colour of another object of their graph (``borrowed``). With ``latent_distances`` (6, 6),
+    in palette order (:func:`palette_latent_distances`), also how many borrowed colours are the
+    nearest to the missed one among the graph's other colours."""
+    if latent_distances is not None and np.shape(latent_distances) != (len(_PALETTE), len(_PALETTE)):
+        raise ValueError(f"latent_distances must be ({len(_PALETTE)}, {len(_PALETTE)}), got {np.shape(latent_distances)}")
+    report = ColourReport(borrowed_nearest=None if latent_distances is None else 0)
     for frames, graph in videos:
         detections = detect_objects(frames)
         drawn = _drawn(detections)
@@ -71,11 +89,47 @@ def colour_confusions(videos: Iterable[tuple[np.ndarray, SceneGraph]]) -> Colour
             report.missed[_PALETTE[colours[k]]] += 1
         report.missed_beside_spurious += len(missed) if spurious else 0
         report.spurious += len(spurious)
+        for k in missed:
+            doubled = [c for c in colours if drawn[c] and _drawn_twice(frames, c)]
+            if doubled:  # the first of the graph's colours drawn twice is the one borrowed
+                report.borrowed[(_PALETTE[colours[k]], _PALETTE[doubled[0]])] += 1
+                if latent_distances is not None:
+                    others = [c for c in colours if c != colours[k]]
+                    nearest = min(others, key=lambda c: latent_distances[colours[k]][c])
+                    report.borrowed_nearest += nearest == doubled[0]
         if len(missed) == 1 and len(spurious) == 1:
             wanted, instead = colours[missed[0]], spurious[0]
             report.swaps[(_PALETTE[wanted], _PALETTE[instead])] += 1
             report.swaps_same_shape += _drawn_shape(detections, instead) == split_category(graph.object_names[missed[0]])[1]
     return report
+
+
+def count_shapes(mask: np.ndarray, min_pixels: int = MIN_PIXELS // 2) -> int:
+    """The connected regions (4-neighbours) of a (H, W) bool mask with at least ``min_pixels`` pixels."""
+    mask = np.asarray(mask, dtype=bool)
+    seen = np.zeros_like(mask)
+    height, width = mask.shape
+    count = 0
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        seen[y, x] = True
+        stack, size = [(y, x)], 0
+        while stack:
+            cy, cx = stack.pop()
+            size += 1
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        count += size >= min_pixels
+    return count
+
+
+def _drawn_twice(frames: np.ndarray, colour: int) -> bool:
+    """Whether palette colour ``colour`` forms two or more separate shapes in at least half the frames."""
+    masks = _colour_mask(np.asarray(frames), _PALETTE[colour])
+    return sum(count_shapes(mask) >= 2 for mask in masks) >= 0.5 * len(masks)
 
 
 def palette_latent_distances(vae, shape: str = "square", size: int = FRAME_SIZE) -> dict:

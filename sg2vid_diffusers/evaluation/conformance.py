@@ -87,8 +87,7 @@ def detect_objects(frames: np.ndarray) -> Detections:
     centers = np.full((len(_PALETTE), num_frames, 2), np.nan)
     fill = np.full((len(_PALETTE), num_frames), np.nan)
     for c, name in enumerate(_PALETTE):
-        rgb = np.array(COLORS[name], dtype=np.float32)
-        mask = ((pixels - rgb) ** 2).sum(-1) <= COLOR_RADIUS**2  # (F, H, W)
+        mask = _colour_mask(pixels, name)  # (F, H, W)
         count = mask.sum(axis=(1, 2))
         for f in np.flatnonzero(count >= MIN_PIXELS):
             px, py = xs[mask[f]], ys[mask[f]]
@@ -97,6 +96,12 @@ def detect_objects(frames: np.ndarray) -> Detections:
             box_area = (px.max() - px.min() + 1) * (py.max() - py.min() + 1)
             fill[c, f] = count[f] / box_area
     return Detections(detected, centers, fill)
+
+
+def _colour_mask(frames: np.ndarray, name: str) -> np.ndarray:
+    """(F, H, W) bool: the pixels within ``COLOR_RADIUS`` of palette colour ``name``."""
+    rgb = np.array(COLORS[name], dtype=np.float32)
+    return ((np.asarray(frames, dtype=np.float32) - rgb) ** 2).sum(-1) <= COLOR_RADIUS**2
 
 
 def _shape_from_fill(ratio: float) -> str:

@@ -39,7 +39,7 @@ from ..models.unet_3d_graph import (
 from ..scene_graph import SceneGraph, parse_scene_graphs
 from ..utils import atomic_write_text, vae_scale_factor
 
-__all__ = ["SceneGraphToVideoPipeline", "SceneGraphToVideoPipelineOutput"]
+__all__ = ["GRAPH_FIT_LEVELS", "SceneGraphToVideoPipeline", "SceneGraphToVideoPipelineOutput", "check_num_candidates"]
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
@@ -60,12 +60,30 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+def check_num_candidates(num_candidates, drop_graph: bool = False) -> None:
+    """``num_candidates`` is a positive integer, and 1 with ``drop_graph`` (no graph to select by)."""
+    if not isinstance(num_candidates, int) or isinstance(num_candidates, bool) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be a positive integer, got {num_candidates!r}")
+    if drop_graph and num_candidates > 1:
+        raise ValueError(
+            f"num_candidates={num_candidates} selects videos by their graph, and drop_graph has none: leave it out"
+        )
+
+
+# The noise levels at which :meth:`SceneGraphToVideoPipeline.graph_fit` compares the graph with the
+# null graph, as fractions of the scheduler's training steps (100, 200, ..., 900 of 1,000).
+GRAPH_FIT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
 @dataclass
 class SceneGraphToVideoPipelineOutput(BaseOutput):
     """``frames``: (B, F, H, W, 3) floats in [0, 1] for ``"np"``, (B, F, 3, H, W) for ``"pt"``, a list
-    of B lists of F PIL images for ``"pil"``, or the latents (B, C, F, h, w) for ``"latent"``."""
+    of B lists of F PIL images for ``"pil"``, or the latents (B, C, F, h, w) for ``"latent"``.
+    ``candidate_scores``: with ``num_candidates`` N > 1, (B, N) each candidate's
+    :meth:`~SceneGraphToVideoPipeline.graph_fit` (the video returned is the highest); else None."""
 
     frames: np.ndarray | torch.Tensor | list[list[PIL.Image.Image]]
+    candidate_scores: torch.Tensor | None = None
 
 
 class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
@@ -98,6 +116,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         default_guidance_scale: float = 4.0,
         default_motion_scale: float = 1.0,
         default_layout_scale: float = 1.0,
+        default_num_candidates: int = 1,
     ):
         super().__init__()
         self.register_modules(
@@ -111,6 +130,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             default_guidance_scale=float(default_guidance_scale),
             default_motion_scale=float(default_motion_scale),
             default_layout_scale=float(default_layout_scale),
+            default_num_candidates=int(default_num_candidates),
         )
         self.vae_scale_factor = vae_scale_factor(self.vae) if getattr(self, "vae", None) else 8
         self.video_processor = VideoProcessor(do_resize=False, vae_scale_factor=self.vae_scale_factor)
@@ -317,6 +337,105 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         frames = frames.reshape(batch_size, num_frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
         return frames.float()
 
+    def _candidate_latents(self, latents: torch.Tensor, num_candidates: int, generator) -> torch.Tensor:
+        """(B, C, F, h, w) noise -> (B * N, C, F, h, w): each video's own noise first (candidate 0, the
+        video ``num_candidates=1`` gives), then N - 1 more from its generator (a list: each video's;
+        one generator: drawn after the B first, video by video)."""
+        num_graphs, extra_shape = latents.shape[0], (num_candidates - 1, *latents.shape[1:])
+        draw = lambda shape, g: randn_tensor(shape, generator=g, device=latents.device, dtype=latents.dtype)  # noqa: E731
+        if isinstance(generator, list):
+            extra = torch.stack([draw(extra_shape, g) for g in generator])
+        else:
+            extra = draw((num_graphs, *extra_shape), generator)
+        return torch.cat([latents[:, None], extra], dim=1).flatten(0, 1)
+
+    @torch.no_grad()
+    def graph_fit(
+        self,
+        latents: torch.Tensor,
+        graph_context: GraphContext,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        group_size: int = 1,
+        levels: tuple[float, ...] = GRAPH_FIT_LEVELS,
+        encoder_hidden_states: torch.Tensor | None = None,
+        graph_scale: float = 1.0,
+        layout_scale: float = 1.0,
+    ) -> torch.Tensor:
+        r"""How much better its graph explains each clean latent video than the null graph does, by
+        the denoiser itself: the mean of
+
+        ``(|x0_null(x_t) - x0|^2 - |x0_graph(x_t) - x0|^2) / sigma_t^2``
+
+        at the training steps t = ``levels`` x the scheduler's ``num_train_timesteps``,
+
+        where ``x_t = alpha_t x0 + sigma_t noise`` is the same noisy video for both, and ``x0_c`` the
+        clean video the UNet predicts from it given c (the null graph or the graph); the weight
+        ``1 / sigma_t^2`` is the v-prediction loss the built-in model is trained with. A denoising
+        error bounds ``-log p`` (the ELBO), so this estimates ``log p(video | graph) - log p(video)``
+        up to weights: the diffusion classifier of Li et al. (2023, "Your Diffusion Model is Secretly
+        a Zero-Shot Classifier") turned to candidates instead of classes. A video that leaves out an
+        object or draws it in another colour is one the graph explains less well. (Ours, not SGDiff's.)
+
+        Args:
+            latents: (B, C, F, h, w) clean latents (the sampler's output before decoding).
+            graph_context: their graphs' context (``encode_scene_graph``; B * F tokens).
+            generator: draws the noise: one tensor per group of ``group_size`` videos, so that the
+                candidates of one graph are compared on the same noise; a list gives one generator
+                per group.
+            group_size: videos per group (B must be a multiple).
+            levels: the noise levels, as fractions in (0, 1) of the scheduler's training steps.
+            encoder_hidden_states: text states (decoupled mode), the same for both conditions.
+            graph_scale, layout_scale: as in ``__call__``.
+
+        Returns:
+            (B,) float32, higher = the graph fits better.
+        """
+        alphas_cumprod = getattr(self.scheduler, "alphas_cumprod", None)
+        if alphas_cumprod is None:
+            raise ValueError(f"graph_fit needs a scheduler with alphas_cumprod; {type(self.scheduler).__name__} has none")
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"graph_fit does not know the prediction type {prediction_type!r}")
+        batch_size, num_frames = latents.shape[0], latents.shape[2]
+        if group_size < 1 or batch_size % group_size:
+            raise ValueError(f"group_size must divide the batch of {batch_size} latents, got {group_size}")
+        num_groups = batch_size // group_size
+        if not levels or not all(0 < level < 1 for level in levels):
+            raise ValueError(f"levels must be fractions in (0, 1) of the training steps, got {levels!r}")
+        timesteps = [min(round(level * len(alphas_cumprod)), len(alphas_cumprod) - 1) for level in levels]
+        shape = (len(timesteps), *latents.shape[1:])
+        if isinstance(generator, list):
+            if len(generator) != num_groups:
+                raise ValueError(f"graph_fit got {len(generator)} generators for {num_groups} groups of latents")
+            noise = torch.stack([randn_tensor(shape, generator=g, device=latents.device, dtype=latents.dtype) for g in generator])
+        else:
+            noise = randn_tensor((num_groups, *shape), generator=generator, device=latents.device, dtype=latents.dtype)
+        noise = noise.repeat_interleave(group_size, dim=0)  # (B, T, C, F, h, w)
+
+        context = GraphContext.cat([self.unet.null_graph_context(batch_size, num_frames), graph_context])
+        text = None if encoder_hidden_states is None else torch.cat([encoder_hidden_states] * 2)
+        fit = torch.zeros(batch_size, dtype=torch.float32, device=latents.device)
+        for k, t in enumerate(timesteps):
+            alpha_bar = alphas_cumprod[int(t)].to(device=latents.device, dtype=torch.float32)
+            alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+            noisy = (alpha * latents.float() + sigma * noise[:, k].float()).to(latents.dtype)
+            timestep = torch.full((2 * batch_size,), int(t), device=latents.device, dtype=torch.long)
+            pred = self.unet(
+                torch.cat([noisy, noisy]), timestep, encoder_hidden_states=text, graph_context=context,
+                graph_scale=graph_scale, layout_scale=layout_scale,
+            ).sample.float()  # fmt: skip
+            noisy = torch.cat([noisy, noisy]).float()
+            if prediction_type == "epsilon":
+                predicted = (noisy - sigma * pred) / alpha
+            elif prediction_type == "v_prediction":
+                predicted = alpha * noisy - sigma * pred
+            else:
+                predicted = pred
+            error = (predicted - torch.cat([latents, latents]).float()).pow(2).flatten(1).mean(1) / sigma**2
+            error_null, error_graph = error.chunk(2)
+            fit += error_null - error_graph
+        return fit / len(timesteps)
+
     def prepare_extra_step_kwargs(self, generator, eta: float, num_frames: int = 1) -> dict:
         """The scheduler's ``eta`` and ``generator``. The scheduler steps with the frames folded into
         the batch (``(b f)``), so a list of one generator per video becomes one per frame (each
@@ -360,6 +479,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         layout_scale: float | None = None,
         graph_scale: float = 1.0,
         eta: float = 0.0,
+        num_candidates: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -394,12 +514,20 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                 another). Other models take only 1. Not in SGDiff, which has no layout bias.
             graph_scale: weight of the graph attention in decoupled mode (graph-only mode ignores it).
             eta: DDIM's eta (ignored by other schedulers).
+            num_candidates: N, videos sampled per graph; the one the model itself finds the graph
+                explains best (:meth:`graph_fit`, no detector or outside model) is returned, and
+                ``candidate_scores`` holds every candidate's fit. Candidate 0 is the video
+                ``num_candidates=1`` gives (the same noise); the others draw theirs from the same
+                generator after it. Costs N times the sampling plus the fit. Default: the model's
+                ``default_num_candidates`` (1 unless the model was saved with another); with
+                ``drop_graph``, 1 (there is no graph to select by). Not in SGDiff, which samples once.
             generator: torch generator(s) for the noise: the same seed gives the same video.
             latents: (B, C, F, h, w) starting noise instead of drawing it.
             output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"``.
             return_dict: return a :class:`SceneGraphToVideoPipelineOutput` (else a tuple).
             callback_on_step_end: called as ``fn(pipe, step, timestep, callback_kwargs)`` after each
-                step; may return a dict that replaces tensors named in ``callback_kwargs``.
+                step; may return a dict that replaces tensors named in ``callback_kwargs``. With
+                candidates, ``latents`` holds all B * N of them (each graph's N in a row).
             callback_on_step_end_tensor_inputs: which tensors the callback receives (``["latents"]``).
             cross_attention_kwargs: extra arguments for the attention processors.
             drop_graph: condition on the null graph instead (the graphs are still validated): the
@@ -429,8 +557,18 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         if layout_scale is None:  # as for the motion scale
             layout_scale = self.config.default_layout_scale if layout_bias else 1.0
         check_layout_scale(layout_scale, layout_bias)
+        if num_candidates is None:
+            num_candidates = 1 if drop_graph else self.config.default_num_candidates
+        check_num_candidates(num_candidates, drop_graph)
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
-        batch_size = len(graphs)
+        num_graphs = len(graphs)
+        # Each graph's candidates sit side by side in the batch: (b n), n = num_candidates.
+        expand = lambda items: [x for x in items for _ in range(num_candidates)]  # noqa: E731
+        graphs, batch_size = expand(graphs), num_graphs * num_candidates
+        if isinstance(prompt, list):
+            prompt = expand(prompt)
+        if isinstance(negative_prompt, list):
+            negative_prompt = expand(negative_prompt)
         device = self._execution_device
 
         # 2. Conditioning: graph context (once for all steps), null graph, text.
@@ -438,9 +576,11 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             graph_context = self.unet.null_graph_context(batch_size, num_frames)
         else:
             graph_context = self.encode_scene_graph(graphs, num_frames, device, motion_scale=motion_scale)
+        cond_context = graph_context
         text_states = None
         if self.text_encoder is not None and self.tokenizer is not None:
             text_states = self.encode_prompt(prompt if prompt is not None else "", batch_size, device)
+        cond_text_states = text_states
         if self.do_classifier_free_guidance:
             null_context = self.unet.null_graph_context(batch_size, num_frames)
             graph_context = GraphContext.cat([null_context, graph_context])
@@ -452,10 +592,16 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if latents is None:
-            shape = self._latent_shape(batch_size, num_frames, height, width)
+            shape = self._latent_shape(num_graphs, num_frames, height, width)
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, latents.shape[2])
+        latents = latents.to(device=device, dtype=self.unet.dtype)
+        if num_candidates > 1:
+            latents = self._candidate_latents(latents, num_candidates, generator)
+        latents = latents * self.scheduler.init_noise_sigma
+        step_generator = generator
+        if isinstance(generator, list):  # each video's generator serves its candidates in turn
+            step_generator = expand(generator)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(step_generator, eta, latents.shape[2])
 
         # 4. Denoise.
         self._num_timesteps = len(timesteps)
@@ -492,7 +638,18 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                     latents = outputs.pop("latents", latents)
                 progress_bar.update()
 
-        # 5. Decode.
+        # 5. Keep each graph's best candidate.
+        candidate_scores = None
+        if num_candidates > 1:
+            fit = self.graph_fit(
+                latents, cond_context, generator=generator, group_size=num_candidates,
+                encoder_hidden_states=cond_text_states, graph_scale=graph_scale, layout_scale=layout_scale,
+            )  # fmt: skip
+            candidate_scores = fit.view(num_graphs, num_candidates)
+            best = candidate_scores.argmax(dim=1)
+            latents = latents.view(num_graphs, num_candidates, *latents.shape[1:])[torch.arange(num_graphs), best]
+
+        # 6. Decode.
         if output_type == "latent":
             frames = latents
         else:
@@ -500,8 +657,8 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
 
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (frames,)
-        return SceneGraphToVideoPipelineOutput(frames=frames)
+            return (frames,) if candidate_scores is None else (frames, candidate_scores)
+        return SceneGraphToVideoPipelineOutput(frames=frames, candidate_scores=candidate_scores)
 
 
 SceneGraphToVideoPipeline.__call__.__doc__ += EXAMPLE_DOC_STRING
