@@ -494,3 +494,45 @@ def test_bad_numbers_of_candidates_are_clear_errors_before_any_compute(pipe, bad
     finally:
         hook.remove()
     assert not calls
+
+
+# ---------------------------------------------------------------------------------------------------- binding guidance
+
+
+def test_rotate_objects_moves_each_category_on_and_keeps_the_rest():
+    from sg2vid_diffusers.pipelines.pipeline_sg2vid import rotate_objects
+
+    graph = sg2vid_diffusers.parse_scene_graph({
+        "objects": ["red circle", {"name": "blue square", "box": [0.1, 0.1, 0.3, 0.3]}, "green triangle"],
+        "relationships": [[0, "left of", 1, [0.0, 0.5]], [2, "above", 0]],
+    })  # fmt: skip
+    rotated = rotate_objects(graph)
+    assert rotated.object_names == ["blue square", "green triangle", "red circle"]
+    assert [obj.box for obj in rotated.objects] == [obj.box for obj in graph.objects]
+    assert rotated.relationships == graph.relationships
+    single = sg2vid_diffusers.parse_scene_graph({"objects": ["red circle"]})
+    assert rotate_objects(single) == single
+
+
+def test_binding_guidance_pushes_away_from_the_rotated_graph(pipe):
+    """One more batch per step (the rotated graph), a different video; 0 is off, and a graph of one
+    object, whose rotation is itself, gets exactly the video it gets without."""
+    batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        guided = _run(pipe, guidance_scale=4.0, binding_guidance_scale=2.0)
+        unguided = _run(pipe, guidance_scale=1.0, binding_guidance_scale=2.0)
+    finally:
+        hook.remove()
+    assert batches == [3, 3, 2, 2]  # [null, graph, rotated] with guidance, [graph, rotated] without
+    np.testing.assert_array_equal(_run(pipe, binding_guidance_scale=0.0), _run(pipe))
+    assert np.abs(guided - _run(pipe, guidance_scale=4.0)).max() > 1e-4
+    assert np.abs(unguided - _run(pipe, guidance_scale=1.0)).max() > 1e-4
+    one = {"objects": ["green triangle"]}
+    np.testing.assert_allclose(_run(pipe, one, binding_guidance_scale=3.0), _run(pipe, one), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "2"])
+def test_bad_binding_guidance_scales_are_clear_errors(pipe, bad):
+    with pytest.raises(ValueError, match="binding_guidance_scale must be a finite number >= 0"):
+        pipe(scene_graph=STATIC, binding_guidance_scale=bad, **KW)
