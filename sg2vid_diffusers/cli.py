@@ -189,9 +189,6 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM's eta: 0 (the default) samples deterministically from the starting noise, 1 adds "
                         "noise at every step (drawn from each video's seed)")
-    p.add_argument("--binding-guidance-scale", type=float, default=0.0,
-                   help="guidance away from the graph with its objects' categories rotated, so that each object "
-                        "keeps its own colour and shape (default: 0, off)")
     p.add_argument("--candidates", type=int, default=None,
                    help="videos sampled per graph, keeping the one the model finds its graph explains best "
                         "(default: the model's default_num_candidates)")
@@ -220,8 +217,6 @@ def _generate(args: argparse.Namespace) -> int:
             raise _UsageError(f"--{name.replace('_', '-')} must be >= 1")
     if not (math.isfinite(args.eta) and args.eta >= 0):
         raise _UsageError(f"--eta must be a finite number >= 0, got {args.eta}")
-    if not (math.isfinite(args.binding_guidance_scale) and args.binding_guidance_scale >= 0):
-        raise _UsageError(f"--binding-guidance-scale must be a finite number >= 0, got {args.binding_guidance_scale}")
     if args.candidates is not None and args.candidates < 1:
         raise _UsageError(f"--candidates must be >= 1, got {args.candidates}")
     if args.candidates not in (None, 1) and args.drop_graph:
@@ -267,7 +262,6 @@ def _generate(args: argparse.Namespace) -> int:
             layout_scale=args.layout_scale,
             eta=args.eta,
             num_candidates=args.candidates,
-            binding_guidance_scale=args.binding_guidance_scale,
             generator=generators,
             drop_graph=args.drop_graph,
         ).frames

@@ -8,10 +8,9 @@ denoise with classifier-free guidance against the null graph, decode the frames.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,13 +39,7 @@ from ..models.unet_3d_graph import (
 from ..scene_graph import SceneGraph, parse_scene_graphs
 from ..utils import atomic_write_text, vae_scale_factor
 
-__all__ = [
-    "GRAPH_FIT_LEVELS",
-    "SceneGraphToVideoPipeline",
-    "SceneGraphToVideoPipelineOutput",
-    "check_num_candidates",
-    "rotate_objects",
-]
+__all__ = ["GRAPH_FIT_LEVELS", "SceneGraphToVideoPipeline", "SceneGraphToVideoPipelineOutput", "check_num_candidates"]
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
@@ -65,17 +58,6 @@ EXAMPLE_DOC_STRING = """
         >>> write_video("crossing.mp4", video)
         ```
 """
-
-
-def rotate_objects(graph: SceneGraph) -> SceneGraph:
-    """The graph with its objects' categories moved on by one (object k gets object k + 1's, the last
-    the first's), relations, boxes and times unchanged: the same scene with every attribute on the
-    wrong object. Graphs of one object come back as they are."""
-    if len(graph.objects) < 2:
-        return graph
-    names = [obj.name for obj in graph.objects]
-    objects = tuple(replace(obj, name=names[(k + 1) % len(names)]) for k, obj in enumerate(graph.objects))
-    return replace(graph, objects=objects)
 
 
 def check_num_candidates(num_candidates, drop_graph: bool = False) -> None:
@@ -498,7 +480,6 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         graph_scale: float = 1.0,
         eta: float = 0.0,
         num_candidates: int | None = None,
-        binding_guidance_scale: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "np",
@@ -533,12 +514,6 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                 another). Other models take only 1. Not in SGDiff, which has no layout bias.
             graph_scale: weight of the graph attention in decoupled mode (graph-only mode ignores it).
             eta: DDIM's eta (ignored by other schedulers).
-            binding_guidance_scale: guidance away from the graph with its objects' categories rotated
-                (object k gets object k + 1's; :func:`rotate_objects`): the same scene with every
-                attribute on the wrong object, so that each object keeps its own colour and shape
-                rather than a neighbour's. ``noise += scale * (cond - rotated)``; one more batch per
-                step. 0 (the default) turns it off; graphs of one object are unaffected. Ours, not
-                SGDiff's.
             num_candidates: N, videos sampled per graph; the one the model itself finds the graph
                 explains best (:meth:`graph_fit`, no detector or outside model) is returned, and
                 ``candidate_scores`` holds every candidate's fit. Candidate 0 is the video
@@ -585,9 +560,6 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         if num_candidates is None:
             num_candidates = 1 if drop_graph else self.config.default_num_candidates
         check_num_candidates(num_candidates, drop_graph)
-        if not (isinstance(binding_guidance_scale, (int, float)) and not isinstance(binding_guidance_scale, bool)
-                and math.isfinite(binding_guidance_scale) and binding_guidance_scale >= 0):
-            raise ValueError(f"binding_guidance_scale must be a finite number >= 0, got {binding_guidance_scale!r}")
         self._guidance_scale = 1.0 if drop_graph else guidance_scale
         num_graphs = len(graphs)
         # Each graph's candidates sit side by side in the batch: (b n), n = num_candidates.
@@ -609,22 +581,12 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         if self.text_encoder is not None and self.tokenizer is not None:
             text_states = self.encode_prompt(prompt if prompt is not None else "", batch_size, device)
         cond_text_states = text_states
-        # The batch the UNet sees at each step: [null graph] (guidance), the graphs, [the graphs with
-        # their objects' categories rotated] (binding guidance).
-        contexts, texts = [graph_context], [text_states]
         if self.do_classifier_free_guidance:
-            contexts.insert(0, self.unet.null_graph_context(batch_size, num_frames))
+            null_context = self.unet.null_graph_context(batch_size, num_frames)
+            graph_context = GraphContext.cat([null_context, graph_context])
             if text_states is not None:
-                texts.insert(0, self.encode_prompt(negative_prompt if negative_prompt is not None else "", batch_size, device))
-        binding = binding_guidance_scale > 0 and not drop_graph
-        if binding:
-            rotated = [rotate_objects(g) for g in graphs]
-            contexts.append(self.encode_scene_graph(rotated, num_frames, device, motion_scale=motion_scale))
-            texts.append(text_states)
-        copies = len(contexts)
-        graph_context = GraphContext.cat(contexts) if copies > 1 else graph_context
-        if text_states is not None:
-            text_states = torch.cat(texts) if copies > 1 else text_states
+                negative = self.encode_prompt(negative_prompt if negative_prompt is not None else "", batch_size, device)
+                text_states = torch.cat([negative, text_states])
 
         # 3. Noise and timesteps.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -645,7 +607,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents] * copies) if copies > 1 else latents
+                model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
                 model_input = self.scheduler.scale_model_input(model_input, t)
                 noise_pred = self.unet(
                     model_input,
@@ -656,15 +618,9 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
                     cross_attention_kwargs=cross_attention_kwargs,
                     layout_scale=layout_scale,
                 ).sample
-                parts = list(noise_pred.chunk(copies))
-                rotated_pred = parts.pop() if binding else None
                 if self.do_classifier_free_guidance:
-                    uncond, cond = parts
+                    uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
-                else:
-                    noise_pred = cond = parts[0]
-                if binding:  # away from the same scene with every attribute on the wrong object
-                    noise_pred = noise_pred + binding_guidance_scale * (cond - rotated_pred)
                 # Step with frames folded into the batch (as diffusers' text-to-video pipeline does), so
                 # that schedulers drawing noise place it the same way and threshold per frame.
                 num_latent_frames = latents.shape[2]
