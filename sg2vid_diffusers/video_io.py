@@ -55,7 +55,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import GifImagePlugin, Image, ImageSequence
 
@@ -199,7 +198,7 @@ def _write_mp4(tmp: Path, video: np.ndarray, fps: float, lossless: bool, name: P
         pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
         codec = ["-c:v", "libx264", "-pix_fmt", pix_fmt, "-crf", str(_MP4_DEFAULT_CRF)]
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(),
+        ffmpeg_exe(),
         "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
         "-r", str(Fraction(fps).limit_denominator(1001)), "-i", "-",
@@ -211,10 +210,18 @@ def _write_mp4(tmp: Path, video: np.ndarray, fps: float, lossless: bool, name: P
         raise OSError(f"{name}: ffmpeg failed to encode the video (exit {result.returncode}): {message}")
 
 
+def ffmpeg_exe() -> str:
+    """The ffmpeg that ``imageio-ffmpeg`` ships (imported here, so that the package and its .npy and
+    .gif paths import without it: a machine given only the wheels it lacks can leave it out)."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def _read_mp4(path: Path) -> np.ndarray:
     # Frames come back as concatenated binary PPMs, whose small headers carry the frame size.
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(),
+        ffmpeg_exe(),
         "-nostdin", "-hide_banner", "-loglevel", "error",
         "-i", str(path), "-an", "-f", "image2pipe", "-c:v", "ppm", "-",
     ]  # fmt: skip

@@ -318,3 +318,27 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_the_package_and_npy_gif_files_need_no_imageio_ffmpeg(tmp_path):
+    """imageio-ffmpeg (a 68 MB wheel) is imported only to read or write .mp4: a machine given only the
+    wheels it lacks (a lent GPU, docs/training_video.md) runs the recipe's .npy path without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['imageio_ffmpeg'] = None\n"  # any import of it fails
+        "import numpy as np, sg2vid_diffusers, sg2vid_diffusers.cli, sg2vid_diffusers.data.corpora\n"
+        "from sg2vid_diffusers.video_io import read_video, write_video\n"
+        f"root = {str(tmp_path)!r}\n"
+        "video = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)\n"
+        "for ext in ('npy', 'gif'):\n"
+        "    write_video(f'{root}/v.{ext}', video); assert read_video(f'{root}/v.{ext}').shape == video.shape\n"
+        "try:\n"
+        "    write_video(f'{root}/v.mp4', video)\n"
+        "except ImportError:\n"
+        "    print('mp4 needs it')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mp4 needs it" in result.stdout

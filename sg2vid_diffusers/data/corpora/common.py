@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ...pretraining.data import PretrainingExample
 from ...scene_graph import Relationship, SceneGraph, SceneObject, closest_names, normalize_name
+from ...video_io import ffmpeg_exe
 from ...vocabulary import Vocabulary
 
 __all__ = [
@@ -464,7 +464,7 @@ def read_video_frames(
     if size is not None:
         filters.append(f"scale={size[1]}:{size[0]}:flags=bilinear")
     command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
         "-i", str(path), "-an", "-vf", ",".join(filters), "-fps_mode", "passthrough",
         "-frames:v", str(len(wanted)), "-f", "image2pipe", "-c:v", "ppm", "-",
     ]  # fmt: skip
