@@ -89,9 +89,10 @@ def colour_confusions(
             report.missed[_PALETTE[colours[k]]] += 1
         report.missed_beside_spurious += len(missed) if spurious else 0
         report.spurious += len(spurious)
+        # the first of the graph's colours drawn twice is the one a missed object borrowed
+        doubled = [c for c in colours if drawn[c] and _drawn_twice(frames, c)] if missed else []
         for k in missed:
-            doubled = [c for c in colours if drawn[c] and _drawn_twice(frames, c)]
-            if doubled:  # the first of the graph's colours drawn twice is the one borrowed
+            if doubled:
                 report.borrowed[(_PALETTE[colours[k]], _PALETTE[doubled[0]])] += 1
                 if latent_distances is not None:
                     others = [c for c in colours if c != colours[k]]

@@ -60,6 +60,13 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+def _repeat_videos(context: GraphContext, num_videos: int, repeats: int) -> GraphContext:
+    """A context of ``num_videos`` videos (their rows, one per frame or one per video, in order) with
+    each video's rows repeated ``repeats`` times in a row."""
+    repeat = lambda t: None if t is None else t.unflatten(0, (num_videos, -1)).repeat_interleave(repeats, 0).flatten(0, 1)  # noqa: E731
+    return GraphContext(repeat(context.hidden_states), repeat(context.mask), repeat(context.boxes))
+
+
 def check_num_candidates(num_candidates, drop_graph: bool = False) -> None:
     """``num_candidates`` is a positive integer, and 1 with ``drop_graph`` (no graph to select by)."""
     if not isinstance(num_candidates, int) or isinstance(num_candidates, bool) or num_candidates < 1:
@@ -414,24 +421,24 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
 
         context = GraphContext.cat([self.unet.null_graph_context(batch_size, num_frames), graph_context])
         text = None if encoder_hidden_states is None else torch.cat([encoder_hidden_states] * 2)
+        clean = torch.cat([latents, latents]).float()  # [null, graph] halves, as the UNet's batch
         fit = torch.zeros(batch_size, dtype=torch.float32, device=latents.device)
         for k, t in enumerate(timesteps):
-            alpha_bar = alphas_cumprod[int(t)].to(device=latents.device, dtype=torch.float32)
+            alpha_bar = alphas_cumprod[t].to(device=latents.device, dtype=torch.float32)
             alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-            noisy = (alpha * latents.float() + sigma * noise[:, k].float()).to(latents.dtype)
-            timestep = torch.full((2 * batch_size,), int(t), device=latents.device, dtype=torch.long)
+            noisy = alpha * clean + sigma * noise[:, k].float().repeat(2, *[1] * (clean.ndim - 1))
+            timestep = torch.full((2 * batch_size,), t, device=latents.device, dtype=torch.long)
             pred = self.unet(
-                torch.cat([noisy, noisy]), timestep, encoder_hidden_states=text, graph_context=context,
+                noisy.to(latents.dtype), timestep, encoder_hidden_states=text, graph_context=context,
                 graph_scale=graph_scale, layout_scale=layout_scale,
             ).sample.float()  # fmt: skip
-            noisy = torch.cat([noisy, noisy]).float()
             if prediction_type == "epsilon":
                 predicted = (noisy - sigma * pred) / alpha
             elif prediction_type == "v_prediction":
                 predicted = alpha * noisy - sigma * pred
             else:
                 predicted = pred
-            error = (predicted - torch.cat([latents, latents]).float()).pow(2).flatten(1).mean(1) / sigma**2
+            error = (predicted - clean).pow(2).flatten(1).mean(1) / sigma**2
             error_null, error_graph = error.chunk(2)
             fit += error_null - error_graph
         return fit / len(timesteps)
@@ -564,7 +571,7 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
         num_graphs = len(graphs)
         # Each graph's candidates sit side by side in the batch: (b n), n = num_candidates.
         expand = lambda items: [x for x in items for _ in range(num_candidates)]  # noqa: E731
-        graphs, batch_size = expand(graphs), num_graphs * num_candidates
+        batch_size = num_graphs * num_candidates
         if isinstance(prompt, list):
             prompt = expand(prompt)
         if isinstance(negative_prompt, list):
@@ -576,6 +583,8 @@ class SceneGraphToVideoPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixi
             graph_context = self.unet.null_graph_context(batch_size, num_frames)
         else:
             graph_context = self.encode_scene_graph(graphs, num_frames, device, motion_scale=motion_scale)
+            if num_candidates > 1:  # each graph encoded once, its context repeated for its candidates
+                graph_context = _repeat_videos(graph_context, num_graphs, num_candidates)
         cond_context = graph_context
         text_states = None
         if self.text_encoder is not None and self.tokenizer is not None:
