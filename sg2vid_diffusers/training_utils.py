@@ -1,6 +1,6 @@
 """The parts of ``training/train_video.py`` worth testing on their own: graph dropout, frame
 windows, the frozen VAE's latents, the diffusion loss (Min-SNR weighting), which weights train, the
-data order, and kill-safe checkpoints.
+data order, kill-safe checkpoints and stopping at a step's end on SIGTERM or Ctrl-C.
 
 The script stays a plain loop; everything here is a small function of tensors and modules.
 """
@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -49,6 +51,7 @@ __all__ = [
     "save_checkpoint",
     "set_trainable_parameters",
     "step_generator",
+    "StopRequest",
     "take_frame_windows",
 ]
 
@@ -476,6 +479,66 @@ def save_checkpoint(
         logger.info(f"Saved {final}")
     accelerator.wait_for_everyone()
     return final
+
+
+class StopRequest:
+    """SIGTERM and SIGINT (Ctrl-C) as a request to stop at the end of the current step, so that a
+    training script can save a checkpoint of that step and exit, instead of dying mid-step and
+    losing everything since its last checkpoint (what a batch scheduler, a preempted machine or a
+    ``kill`` would otherwise cost).
+
+    Use it as a context manager around the loop and ask :meth:`should_stop` once per step, at the
+    same point on every process. The first signal only records the request and puts the previous
+    handlers back: a second one acts as it would without this class (Ctrl-C raises
+    ``KeyboardInterrupt``, SIGTERM kills). Outside the main thread (where Python cannot install
+    signal handlers) it does nothing and never asks to stop.
+
+    ``exit_code`` is the shell's code for death by that signal (128 + its number: 143 for
+    SIGTERM, 130 for Ctrl-C), for the script to exit with once its checkpoint is saved.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        self._restore()
+        logger.warning(
+            f"{signal.Signals(signum).name}: stopping after this step with a checkpoint (send it again to stop at once)"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
+
+    def should_stop(self, accelerator=None) -> bool:
+        """Whether any process has been asked to stop. With several processes this is a collective
+        (every process must call it at the same step) so that all of them stop at the same step;
+        the signal number of the first one asked is kept on every process."""
+        if accelerator is None or accelerator.num_processes == 1:
+            return self.signum is not None
+        asked = accelerator.gather(torch.tensor([self.signum or 0], device=accelerator.device)).tolist()
+        signum = next((s for s in asked if s), 0)
+        if signum and self.signum is None:
+            self.signum = signum
+        return signum != 0
 
 
 def find_resume_checkpoint(resume_from_checkpoint: str, output_dir: str | os.PathLike) -> Path | None:

@@ -6,8 +6,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +259,46 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(graph_run, work):
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
     assert sorted(p.name for p in resumed.glob("checkpoint-*")) == ["checkpoint-4"]  # total limit 1, .tmp replaced
+
+
+def test_sigterm_stops_at_a_steps_end_with_a_checkpoint_of_that_step(work, tmp_path):
+    # A run told to stop (SIGTERM: a scheduler, a preempted machine) saves the step it is on and exits 143,
+    # without a pipeline; that checkpoint is the state an uninterrupted run has at the same step.
+    stopped = tmp_path / "stopped"
+    argv = [
+        "--pretrained_model_name_or_path", work / "pipe",
+        *common(work, stopped, "--max_train_steps", 100000, "--checkpointing_steps", 100000, "--use_ema"),
+    ]  # fmt: skip
+    log_path = tmp_path / "log.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, argv)], stdout=log, stderr=subprocess.STDOUT,
+                                   env=env, cwd=REPO)  # fmt: skip
+        try:
+            deadline = time.time() + 240
+            while "step 1:" not in log_path.read_text():  # logged after the first step, inside the loop
+                assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=240)
+        finally:
+            process.kill()
+    text = log_path.read_text()
+    assert code == 128 + signal.SIGTERM, text[-3000:]
+    [checkpoint] = stopped.glob("checkpoint-*")
+    step = int(checkpoint.name.split("-")[1])
+    assert 1 <= step < 100000 and f"Stopped at step {step} of 100000 (SIGTERM)" in text
+    assert not (stopped / "model_index.json").exists()  # not finished: no pipeline
+
+    straight = tmp_path / "straight"
+    train(
+        "--pretrained_model_name_or_path", work / "pipe",
+        *common(work, straight, "--max_train_steps", step, "--checkpointing_steps", 100000, "--use_ema"),
+    )  # fmt: skip
+    expected = load_file(straight / f"checkpoint-{step}" / "trained_weights.safetensors")
+    got = load_file(checkpoint / "trained_weights.safetensors")
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_resuming_a_checkpoint_at_its_own_step_saves_its_pipeline(graph_run, work):

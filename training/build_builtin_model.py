@@ -6,7 +6,8 @@
     python training/build_builtin_model.py --work_dir runs/smoke --preset smoke  # minutes, for tests
 
 Stages (each skipped when its output exists; each training stage resumes from its last checkpoint
-after an interruption, so rerunning the same command continues where it stopped):
+after an interruption, so rerunning the same command continues where it stopped; SIGTERM or Ctrl-C
+stops a training stage at the end of its step in progress, with a checkpoint of that step):
 
 1. ``data``: SG-Shapes train / validation / test folders (``sg2vid make-dataset``);
 2. ``encoder``: the scene-graph encoder (``train_sg_encoder.py``, masked contrastive pretraining);
@@ -30,6 +31,7 @@ Each stage is a plain command (printed before it runs), so a stage can be run or
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -195,9 +197,28 @@ def parse_args(argv=None):
     return args
 
 
+_running: subprocess.Popen | None = None  # the stage's script, while one runs
+_forwarded: int | None = None  # the signal passed on to it
+
+
 def run(command: list[str]) -> None:
+    """Run one stage's command and wait for it; a failed one raises ``CalledProcessError``.
+
+    The script runs in a process group of its own, to which the recipe passes SIGTERM and Ctrl-C:
+    a training script then saves a checkpoint of the step in progress and exits (under ``accelerate
+    launch`` every worker does), and the recipe exits with the same code once it has. A second
+    signal stops the script at once."""
+    global _running
     print("+ " + " ".join(command), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+    _running = subprocess.Popen(command, cwd=ROOT, process_group=0)
+    try:
+        code = _running.wait()
+    finally:
+        _running = None
+    if _forwarded is not None:
+        raise SystemExit(128 + _forwarded)
+    if code:
+        raise subprocess.CalledProcessError(code, command)
 
 
 def sg2vid(*args: str) -> list[str]:
@@ -669,8 +690,18 @@ def record_stage_time(work: Path, stage: str, seconds: float) -> None:
     atomic_write_text(path, json.dumps(times, indent=1))
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: the stage's time is recorded, a running script killed
+def _on_stop_signal(signum, frame):
+    """SIGTERM or Ctrl-C: passed on to the running script (:func:`run` exits once it has stopped);
+    with none running, the recipe exits at once. Either way the stage's time is recorded."""
+    global _forwarded
+    if _running is not None and _running.poll() is None:
+        _forwarded = signum
+        try:
+            os.killpg(_running.pid, signum)
+            return
+        except ProcessLookupError:  # it has just ended
+            pass
+    raise SystemExit(128 + signum)
 
 
 def main(argv=None):
@@ -690,6 +721,11 @@ def main(argv=None):
             print(f"== {stage} {'done' if ran is not False else 'already done'} in {elapsed / 60:.1f} min", flush=True)
 
 
+def install_stop_handlers() -> None:
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _on_stop_signal)
+
+
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    install_stop_handlers()
     main()

@@ -17,6 +17,7 @@ import functools
 import inspect
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from sg2vid_diffusers.training_utils import (
     find_resume_checkpoint,
     push_output_to_hub,
     save_checkpoint,
+    StopRequest,
     step_generator,
 )
 from sg2vid_diffusers.utils import atomic_write_text
@@ -417,48 +419,60 @@ def main(args):
         range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
     objective.train()
-    for step in range(global_step, args.max_train_steps):
-        totals = {"loss": 0.0, "contrastive_loss": 0.0, "mask_loss": 0.0, "layout_loss": 0.0}
-        for micro in range(args.gradient_accumulation_steps):
-            micro_batch = step * args.gradient_accumulation_steps + micro
-            batch = next(micro_batches).to(accelerator.device)
-            generator = step_generator(args.seed, micro_batch, accelerator.process_index)  # the masked objects
-            last = micro == args.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(objective):
-                out = objective(batch, generator=generator)
-                accelerator.backward(out.loss / args.gradient_accumulation_steps)
-            for key in totals:
-                totals[key] += getattr(out, key).item() / args.gradient_accumulation_steps
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)
-        lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        unwrapped.clamp_logit_scale()
-        global_step = step + 1
+    stopping = False
+    with StopRequest() as stop:  # SIGTERM, Ctrl-C: a checkpoint of the step in progress, then exit
+        for step in range(global_step, args.max_train_steps):
+            totals = {"loss": 0.0, "contrastive_loss": 0.0, "mask_loss": 0.0, "layout_loss": 0.0}
+            for micro in range(args.gradient_accumulation_steps):
+                micro_batch = step * args.gradient_accumulation_steps + micro
+                batch = next(micro_batches).to(accelerator.device)
+                generator = step_generator(args.seed, micro_batch, accelerator.process_index)  # the masked objects
+                last = micro == args.gradient_accumulation_steps - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(objective):
+                    out = objective(batch, generator=generator)
+                    accelerator.backward(out.loss / args.gradient_accumulation_steps)
+                for key in totals:
+                    totals[key] += getattr(out, key).item() / args.gradient_accumulation_steps
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(objective.parameters(), args.max_grad_norm)
+            lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            unwrapped.clamp_logit_scale()
+            global_step = step + 1
 
-        if step == first_step or global_step == args.max_train_steps:
-            logger.info(
-                f"step {global_step}: contrastive loss over {out.num_logit_columns} clips "
-                f"({accelerator.num_processes} processes x {args.train_batch_size})"
-            )
-        logs = {
-            **totals,
-            "lr": lr,
-            "logit_scale": unwrapped.graph_encoder.logit_scale.exp().item(),
-            "epoch": micro_batch // sampler.batches_per_epoch,
-        }
-        progress.update(1)
-        progress.set_postfix(loss=f"{totals['loss']:.4f}", lr=f"{lr:.2e}")
-        accelerator.log(logs, step=global_step)
+            if step == first_step or global_step == args.max_train_steps:
+                logger.info(
+                    f"step {global_step}: contrastive loss over {out.num_logit_columns} clips "
+                    f"({accelerator.num_processes} processes x {args.train_batch_size})"
+                )
+            logs = {
+                **totals,
+                "lr": lr,
+                "logit_scale": unwrapped.graph_encoder.logit_scale.exp().item(),
+                "epoch": micro_batch // sampler.batches_per_epoch,
+            }
+            progress.update(1)
+            progress.set_postfix(loss=f"{totals['loss']:.4f}", lr=f"{lr:.2e}")
+            accelerator.log(logs, step=global_step)
 
-        if global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-        last_step = global_step == args.max_train_steps
-        if validation_set is not None and (global_step % args.validation_steps == 0 or last_step):
-            run_validation(global_step)
+            last_step = global_step == args.max_train_steps
+            stopping = stop.should_stop(accelerator) and not last_step
+            if global_step % args.checkpointing_steps == 0 or stopping:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if stopping:
+                break
+            if validation_set is not None and (global_step % args.validation_steps == 0 or last_step):
+                run_validation(global_step)
     progress.close()
+    if stopping:
+        logger.info(
+            f"Stopped at step {global_step} of {args.max_train_steps} ({signal.Signals(stop.signum).name}); "
+            "the same command with --resume_from_checkpoint latest goes on from there"
+        )
+        accelerator.end_training()
+        sys.exit(stop.exit_code)
 
     if accelerator.is_main_process:
         graph_encoder = unwrapped.graph_encoder

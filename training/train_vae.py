@@ -47,6 +47,7 @@ import argparse
 import copy
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,7 +64,13 @@ from tqdm.auto import tqdm
 
 from sg2vid_diffusers.data.video_folder import SceneGraphVideoFolder
 from sg2vid_diffusers.scene_graph import SceneGraphError
-from sg2vid_diffusers.training_utils import EpochBatches, find_resume_checkpoint, save_checkpoint, step_generator
+from sg2vid_diffusers.training_utils import (
+    EpochBatches,
+    StopRequest,
+    find_resume_checkpoint,
+    save_checkpoint,
+    step_generator,
+)
 from sg2vid_diffusers.utils import atomic_write_text, vae_scale_factor
 
 logger = get_logger(__name__)
@@ -346,55 +353,67 @@ def main(argv=None):
     start_time, figures = time.time(), {}
     model = accelerator.unwrap_model(autoencode).vae
     latent_factor = vae_scale_factor(model)
-    for step in range(first_step, args.max_train_steps):
-        frames = train_frames[next(batches)]
-        x = to_unit_range(frames).to(accelerator.device)
-        # The posterior's noise comes from a per-step generator: a resumed run draws the same.
-        latent_shape = (len(x), model.config.latent_channels, x.shape[2] // latent_factor, x.shape[3] // latent_factor)
-        generator = step_generator(args.seed, step, accelerator.process_index)
-        noise = torch.randn(latent_shape, generator=generator)
-        latent_noise = None
-        if args.decoder_noise > 0:  # per frame a standard deviation in [0, S], scaled -> unscaled units
-            sigma = torch.rand(len(x), 1, 1, 1, generator=generator) * args.decoder_noise / model.config.scaling_factor
-            latent_noise = (sigma * torch.randn(latent_shape, generator=generator)).to(accelerator.device)
-        labels = None
-        if args.colour_separation_weight > 0:
-            labels = colour_cell_labels(frames, latent_factor).to(accelerator.device)
-        with accelerator.autocast():
-            recon, kl, colour, drift = autoencode(x, noise.to(accelerator.device), latent_noise, labels)
-            mse = F.mse_loss(recon.float(), x)
-            pixel = mse if args.reconstruction_loss == "mse" else F.l1_loss(recon.float(), x)
-            loss = pixel + args.kl_weight * kl
+    stopping = False
+    with StopRequest() as stop:  # SIGTERM, Ctrl-C: a checkpoint of the step in progress, then exit
+        for step in range(first_step, args.max_train_steps):
+            frames = train_frames[next(batches)]
+            x = to_unit_range(frames).to(accelerator.device)
+            # The posterior's noise comes from a per-step generator: a resumed run draws the same.
+            latent_shape = (len(x), model.config.latent_channels, x.shape[2] // latent_factor, x.shape[3] // latent_factor)
+            generator = step_generator(args.seed, step, accelerator.process_index)
+            noise = torch.randn(latent_shape, generator=generator)
+            latent_noise = None
+            if args.decoder_noise > 0:  # per frame a standard deviation in [0, S], scaled -> unscaled units
+                sigma = torch.rand(len(x), 1, 1, 1, generator=generator) * args.decoder_noise / model.config.scaling_factor
+                latent_noise = (sigma * torch.randn(latent_shape, generator=generator)).to(accelerator.device)
+            labels = None
+            if args.colour_separation_weight > 0:
+                labels = colour_cell_labels(frames, latent_factor).to(accelerator.device)
+            with accelerator.autocast():
+                recon, kl, colour, drift = autoencode(x, noise.to(accelerator.device), latent_noise, labels)
+                mse = F.mse_loss(recon.float(), x)
+                pixel = mse if args.reconstruction_loss == "mse" else F.l1_loss(recon.float(), x)
+                loss = pixel + args.kl_weight * kl
+                if colour is not None:
+                    loss = loss + args.colour_separation_weight * colour.float()
+                if drift is not None:
+                    loss = loss + args.latent_anchor_weight * drift.float()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(trained, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+            done = step + 1
+            progress.update()
+            logs = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "lr": lr_scheduler.get_last_lr()[0]}
             if colour is not None:
-                loss = loss + args.colour_separation_weight * colour.float()
+                logs["colour"] = colour.item()
             if drift is not None:
-                loss = loss + args.latent_anchor_weight * drift.float()
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(trained, args.max_grad_norm)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad()
-        done = step + 1
-        progress.update()
-        logs = {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "lr": lr_scheduler.get_last_lr()[0]}
-        if colour is not None:
-            logs["colour"] = colour.item()
-        if drift is not None:
-            logs["drift"] = drift.item()
-        progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("mse", "colour", "drift")})
-        accelerator.log(logs, step=done)
+                logs["drift"] = drift.item()
+            progress.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k in ("mse", "colour", "drift")})
+            accelerator.log(logs, step=done)
 
-        if done % args.checkpointing_steps == 0 or done == args.max_train_steps:
-            save_checkpoint(accelerator, output_dir, done, args.checkpoints_total_limit)
-        if validation is not None and accelerator.is_main_process and (
-            done % args.validation_steps == 0 or done == args.max_train_steps
-        ):
-            model.eval()
-            figures = validate(model, validation, args.num_validation_clips)
-            model.train()
-            accelerator.log({f"validation/{k}": v for k, v in figures.items()}, step=done)
-            logger.info(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
+            stopping = stop.should_stop(accelerator) and done < args.max_train_steps
+            if done % args.checkpointing_steps == 0 or done == args.max_train_steps or stopping:
+                save_checkpoint(accelerator, output_dir, done, args.checkpoints_total_limit)
+            if stopping:
+                break
+            if validation is not None and accelerator.is_main_process and (
+                done % args.validation_steps == 0 or done == args.max_train_steps
+            ):
+                model.eval()
+                figures = validate(model, validation, args.num_validation_clips)
+                model.train()
+                accelerator.log({f"validation/{k}": v for k, v in figures.items()}, step=done)
+                logger.info(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
 
+    if stopping:
+        logger.info(
+            f"Stopped at step {done} of {args.max_train_steps} ({signal.Signals(stop.signum).name}); "
+            "the same command with --resume_from_checkpoint latest goes on from there"
+        )
+        accelerator.end_training()
+        sys.exit(stop.exit_code)
     # Final model: scaling factor from the latents' spread (a decoder-only run keeps the encoder's), then save.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,7 @@ from sg2vid_diffusers.training_utils import (
     save_checkpoint,
     set_trainable_parameters,
     step_generator,
+    StopRequest,
     take_frame_windows,
 )
 from sg2vid_diffusers.utils import atomic_path, atomic_write_text, vae_scale_factor
@@ -824,93 +826,106 @@ def main(args):
     progress = tqdm(
         range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
     )
-    for step in range(global_step, args.max_train_steps):
-        step_loss = step_layout_loss = 0.0
-        for micro in range(args.gradient_accumulation_steps):
-            micro_batch = step * args.gradient_accumulation_steps + micro
-            batch, captions = next(micro_batches)
-            batch = batch.to(accelerator.device)
-            # Every random draw of this micro-batch comes from its own generator: a resumed run draws the same.
-            generator = step_generator(args.seed, micro_batch, accelerator.process_index)
-            if args.cache_latents:  # a fresh draw from each latent posterior, as encode_videos makes
-                sample = torch.randn(batch.mean.shape, generator=generator).to(batch.mean.device)
-                latents = (batch.mean + batch.std * sample) * vae.config.scaling_factor
-            else:
-                videos = resize_videos(batch.videos, args.resolution)  # (B, F, 3, R, R) in [0, 1]
-                # In float32, outside autocast: half-precision VAEs can overflow (SDXL's does).
-                latents = encode_videos(vae, videos, generator=generator)  # (B, C, F, h, w)
-            batch_size = latents.shape[0]
-            frame_starts = None
-            whole = args.whole_clip_every is not None and sampler.is_whole(micro_batch)
-            if args.frame_window is not None and not whole:  # drawn from this micro-batch's generator
-                # (B,) on the CPU: checked there without a device sync; the helpers move their indices.
-                frame_starts = sample_frame_windows(args.num_frames, args.frame_window, batch_size, generator)
-                latents = take_frame_windows(latents, frame_starts, args.frame_window)
-            noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-            num_train_timesteps = noise_scheduler.config.num_train_timesteps
-            timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator).to(latents.device)
-            drop = sample_graph_dropout(batch_size, args.graph_dropout, generator, device=latents.device)
-            noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
-            target = diffusion_target(noise_scheduler, latents, noise, timesteps)
-            text_states = None
-            if text_encoder is not None:
-                # A dropped graph drops its caption too: sampling's unconditional branch is (null graph, "").
-                prompts = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
-                with torch.no_grad():
-                    text_states = pipeline.encode_prompt(prompts, batch_size, accelerator.device)
+    stopping = False
+    with StopRequest() as stop:  # SIGTERM, Ctrl-C: a checkpoint of the step in progress, then exit
+        for step in range(global_step, args.max_train_steps):
+            step_loss = step_layout_loss = 0.0
+            for micro in range(args.gradient_accumulation_steps):
+                micro_batch = step * args.gradient_accumulation_steps + micro
+                batch, captions = next(micro_batches)
+                batch = batch.to(accelerator.device)
+                # Every random draw of this micro-batch comes from its own generator: a resumed run draws the same.
+                generator = step_generator(args.seed, micro_batch, accelerator.process_index)
+                if args.cache_latents:  # a fresh draw from each latent posterior, as encode_videos makes
+                    sample = torch.randn(batch.mean.shape, generator=generator).to(batch.mean.device)
+                    latents = (batch.mean + batch.std * sample) * vae.config.scaling_factor
+                else:
+                    videos = resize_videos(batch.videos, args.resolution)  # (B, F, 3, R, R) in [0, 1]
+                    # In float32, outside autocast: half-precision VAEs can overflow (SDXL's does).
+                    latents = encode_videos(vae, videos, generator=generator)  # (B, C, F, h, w)
+                batch_size = latents.shape[0]
+                frame_starts = None
+                whole = args.whole_clip_every is not None and sampler.is_whole(micro_batch)
+                if args.frame_window is not None and not whole:  # drawn from this micro-batch's generator
+                    # (B,) on the CPU: checked there without a device sync; the helpers move their indices.
+                    frame_starts = sample_frame_windows(args.num_frames, args.frame_window, batch_size, generator)
+                    latents = take_frame_windows(latents, frame_starts, args.frame_window)
+                noise = torch.randn(latents.shape, generator=generator).to(latents.device)
+                num_train_timesteps = noise_scheduler.config.num_train_timesteps
+                timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator).to(latents.device)
+                drop = sample_graph_dropout(batch_size, args.graph_dropout, generator, device=latents.device)
+                noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+                target = diffusion_target(noise_scheduler, latents, noise, timesteps)
+                text_states = None
+                if text_encoder is not None:
+                    # A dropped graph drops its caption too: sampling's unconditional branch is (null graph, "").
+                    prompts = ["" if dropped else caption for caption, dropped in zip(captions, drop.tolist())]
+                    with torch.no_grad():
+                        text_states = pipeline.encode_prompt(prompts, batch_size, accelerator.device)
 
-            last = micro == args.gradient_accumulation_steps - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                layout = 0.0  # the layout loss, when it is on
-                model_pred = model(
-                    noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states,
-                    frame_starts=frame_starts, num_clip_frames=args.num_frames,
-                    return_object_vectors=args.layout_loss_weight > 0,
-                )  # fmt: skip
-                if args.layout_loss_weight > 0:
-                    model_pred, object_vectors = model_pred
-                    layout = layout_loss(
-                        object_vectors, batch.object_boxes, batch.maskable, motion=unet.config.graph_layout_motion
-                    )
-                    step_layout_loss += layout.item() / args.gradient_accumulation_steps
-                loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
-                accelerator.backward((loss + args.layout_loss_weight * layout) / args.gradient_accumulation_steps)
-            step_loss += loss.item() / args.gradient_accumulation_steps
-        if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, args.max_grad_norm)
-        lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.step(params)
-        global_step = step + 1
+                last = micro == args.gradient_accumulation_steps - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    layout = 0.0  # the layout loss, when it is on
+                    model_pred = model(
+                        noisy_latents, timesteps, batch.graphs, drop, encoder_hidden_states=text_states,
+                        frame_starts=frame_starts, num_clip_frames=args.num_frames,
+                        return_object_vectors=args.layout_loss_weight > 0,
+                    )  # fmt: skip
+                    if args.layout_loss_weight > 0:
+                        model_pred, object_vectors = model_pred
+                        layout = layout_loss(
+                            object_vectors, batch.object_boxes, batch.maskable, motion=unet.config.graph_layout_motion
+                        )
+                        step_layout_loss += layout.item() / args.gradient_accumulation_steps
+                    loss = diffusion_loss(model_pred, target, timesteps, noise_scheduler, snr_gamma=args.snr_gamma)
+                    accelerator.backward((loss + args.layout_loss_weight * layout) / args.gradient_accumulation_steps)
+                step_loss += loss.item() / args.gradient_accumulation_steps
+            if args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            lr = lr_scheduler.get_last_lr()[0]  # the rate this step uses
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(params)
+            global_step = step + 1
 
-        losses = torch.tensor([step_loss, step_layout_loss], device=accelerator.device)
-        loss_mean, layout_mean = accelerator.reduce(losses, reduction="mean").tolist()
-        shown = {"loss": f"{loss_mean:.4f}"}
-        if args.layout_loss_weight > 0:
-            shown["layout"] = f"{layout_mean:.4f}"
-        shown["lr"] = f"{lr:.2e}"
-        if step == first_step or global_step == args.max_train_steps:
-            logger.info(f"step {global_step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
-        progress.update(1)
-        progress.set_postfix(shown)
-        epoch = micro_batch // sampler.batches_per_epoch
-        logged = {"loss": loss_mean, "lr": lr, "epoch": epoch}
-        if args.layout_loss_weight > 0:
-            logged["layout_loss"] = layout_mean
-        accelerator.log(logged, step=global_step)
+            losses = torch.tensor([step_loss, step_layout_loss], device=accelerator.device)
+            loss_mean, layout_mean = accelerator.reduce(losses, reduction="mean").tolist()
+            shown = {"loss": f"{loss_mean:.4f}"}
+            if args.layout_loss_weight > 0:
+                shown["layout"] = f"{layout_mean:.4f}"
+            shown["lr"] = f"{lr:.2e}"
+            if step == first_step or global_step == args.max_train_steps:
+                logger.info(f"step {global_step}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+            progress.update(1)
+            progress.set_postfix(shown)
+            epoch = micro_batch // sampler.batches_per_epoch
+            logged = {"loss": loss_mean, "lr": lr, "epoch": epoch}
+            if args.layout_loss_weight > 0:
+                logged["layout_loss"] = layout_mean
+            accelerator.log(logged, step=global_step)
 
-        # The last step too: a finished run's last checkpoint says it finished (the recipe reads that) and
-        # resumes exactly when more steps are asked for.
-        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            save_checkpoint(
-                accelerator, output_dir, global_step, args.checkpoints_total_limit, write_extra=record_wall_time
-            )
-        if validation_graphs and (global_step % args.validation_steps == 0 or global_step == args.max_train_steps):
-            run_validation(global_step)
+            # The last step too: a finished run's last checkpoint says it finished (the recipe reads that) and
+            # resumes exactly when more steps are asked for.
+            last_step = global_step == args.max_train_steps
+            stopping = stop.should_stop(accelerator) and not last_step
+            if global_step % args.checkpointing_steps == 0 or last_step or stopping:
+                save_checkpoint(
+                    accelerator, output_dir, global_step, args.checkpoints_total_limit, write_extra=record_wall_time
+                )
+            if stopping:
+                break
+            if validation_graphs and (global_step % args.validation_steps == 0 or last_step):
+                run_validation(global_step)
     progress.close()
+    if stopping:
+        logger.info(
+            f"Stopped at step {global_step} of {args.max_train_steps} ({signal.Signals(stop.signum).name}); "
+            "the same command with --resume_from_checkpoint latest goes on from there"
+        )
+        accelerator.end_training()
+        sys.exit(stop.exit_code)
     wall_time = elapsed_before + time.time() - start_time
 
     accelerator.wait_for_everyone()
