@@ -528,6 +528,16 @@ class StopRequest:
     def exit_code(self) -> int:
         return 128 + (self.signum or 0)
 
+    def exit(self, accelerator, step: int, max_train_steps: int) -> None:
+        """Once the stopped step's checkpoint is saved: say so, end the trackers and exit with
+        :attr:`exit_code`."""
+        logger.info(
+            f"Stopped at step {step} of {max_train_steps} ({signal.Signals(self.signum).name}); "
+            "the same command with --resume_from_checkpoint latest goes on from there"
+        )
+        accelerator.end_training()
+        raise SystemExit(self.exit_code)
+
     def should_stop(self, accelerator=None) -> bool:
         """Whether any process has been asked to stop. With several processes this is a collective
         (every process must call it at the same step) so that all of them stop at the same step;

@@ -1,7 +1,13 @@
 """training/train_vae.py end to end on a tiny SG-Shapes folder."""
 
 import importlib.util
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +77,32 @@ def test_resume_continues_exactly(data, tmp_path):
     b = load_file(interrupted / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_sigterm_stops_after_a_step_with_its_checkpoint_and_no_model(data, tmp_path):
+    out = tmp_path / "vae"
+    command = [
+        sys.executable, str(ROOT / "training" / "train_vae.py"), "--train_data_dir", str(data / "train"),
+        "--output_dir", str(out), "--vae_config", TINY, "--max_train_steps", "100000", "--train_batch_size", "4",
+        "--checkpointing_steps", "2", "--lr_warmup_steps", "0", "--seed", "3",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "log.txt", "w") as log_file:  # a file: a pipe left unread could fill and block it
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            deadline = time.time() + 240
+            while not (out / "checkpoint-2").is_dir():  # saved inside the loop: the stop handlers are in place
+                assert process.poll() is None and time.time() < deadline
+                time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=240)
+        finally:
+            process.kill()
+    log = (tmp_path / "log.txt").read_text()
+    assert process.returncode == 128 + signal.SIGTERM, log[-3000:]
+    step = int(re.search(r"Stopped at step (\d+) of 100000 \(SIGTERM\)", log).group(1))
+    assert (out / f"checkpoint-{step}").is_dir() and step >= 2
+    assert not (out / "diffusion_pytorch_model.safetensors").exists()  # not finished: no model
 
 
 def test_decoder_only_keeps_the_latent_space_and_trains_the_decoder(data, tmp_path):

@@ -17,7 +17,6 @@ import functools
 import inspect
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -467,12 +466,7 @@ def main(args):
                 run_validation(global_step)
     progress.close()
     if stopping:
-        logger.info(
-            f"Stopped at step {global_step} of {args.max_train_steps} ({signal.Signals(stop.signum).name}); "
-            "the same command with --resume_from_checkpoint latest goes on from there"
-        )
-        accelerator.end_training()
-        sys.exit(stop.exit_code)
+        stop.exit(accelerator, global_step, args.max_train_steps)
 
     if accelerator.is_main_process:
         graph_encoder = unwrapped.graph_encoder

@@ -47,7 +47,6 @@ import argparse
 import copy
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -408,12 +407,7 @@ def main(argv=None):
                 logger.info(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()))
 
     if stopping:
-        logger.info(
-            f"Stopped at step {done} of {args.max_train_steps} ({signal.Signals(stop.signum).name}); "
-            "the same command with --resume_from_checkpoint latest goes on from there"
-        )
-        accelerator.end_training()
-        sys.exit(stop.exit_code)
+        stop.exit(accelerator, done, args.max_train_steps)
     # Final model: scaling factor from the latents' spread (a decoder-only run keeps the encoder's), then save.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

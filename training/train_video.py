@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -920,12 +919,7 @@ def main(args):
                 run_validation(global_step)
     progress.close()
     if stopping:
-        logger.info(
-            f"Stopped at step {global_step} of {args.max_train_steps} ({signal.Signals(stop.signum).name}); "
-            "the same command with --resume_from_checkpoint latest goes on from there"
-        )
-        accelerator.end_training()
-        sys.exit(stop.exit_code)
+        stop.exit(accelerator, global_step, args.max_train_steps)
     wall_time = elapsed_before + time.time() - start_time
 
     accelerator.wait_for_everyone()
