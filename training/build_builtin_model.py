@@ -205,8 +205,10 @@ def run(command: list[str]) -> None:
     """Run one stage's command and wait for it; a failed one raises ``CalledProcessError``.
 
     The script runs in a process group of its own, to which the recipe passes SIGTERM and Ctrl-C:
-    a training script then saves a checkpoint of the step in progress and exits (under ``accelerate
-    launch`` every worker does), and the recipe exits with the same code once it has. A second
+    a training script then saves a checkpoint of the step in progress and exits, and the recipe
+    exits with the same code once the command has. Every process of the group gets the signal, so
+    under ``accelerate launch`` the workers stop the same way (the single-process launcher itself
+    exits at once, and the recipe with it, while its worker finishes its checkpoint). A second
     signal stops the script at once."""
     global _running
     print("+ " + " ".join(command), flush=True)
