@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import signal_when_ready
 from safetensors import safe_open
 
 from sg2vid_diffusers.data.sg_shapes import generate_clip
@@ -199,50 +200,35 @@ sys.exit(stop.exit_code)
 """
 
 
+# The recipe as its __main__ runs it (its stop handlers installed), then the given lines.
+RECIPE_DRIVER = (
+    "import importlib.util, sys, time\n"
+    f"spec = importlib.util.spec_from_file_location('recipe', {str(ROOT / 'training' / 'build_builtin_model.py')!r})\n"
+    "recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)\n"
+    "recipe.install_stop_handlers()\n"
+)
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_ctrl_c_reach_the_running_script_and_the_recipe_exits_once_it_has_stopped(tmp_path, stop_signal):
-    # The recipe as its __main__ runs it (its stop handlers installed), running one stage's command.
-    driver = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('recipe', {str(ROOT / 'training' / 'build_builtin_model.py')!r})\n"
-        "recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)\n"
-        "recipe.install_stop_handlers()\n"
-        f"recipe.run([sys.executable, '-c', {STOPPING_SCRIPT!r}])\n"
-        "print('not reached', flush=True)\n"
-    )
-    log_path = tmp_path / "log.txt"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "-c", driver], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            deadline = time.time() + 120
-            while "training" not in log_path.read_text().splitlines():  # a line of its own (run() echoes the code)
-                assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.05)
-            process.send_signal(stop_signal)  # to the recipe alone: it passes the signal on
-            code = process.wait(timeout=120)
-        finally:
-            process.kill()
-    text = log_path.read_text()
+    # The recipe running one stage's command; the signal goes to the recipe alone, which passes it on.
+    driver = RECIPE_DRIVER + f"recipe.run([sys.executable, '-c', {STOPPING_SCRIPT!r}])\nprint('not reached', flush=True)\n"
+    code, text = signal_when_ready(
+        [sys.executable, "-c", driver], tmp_path / "log.txt",
+        lambda log: "training" in log.splitlines(),  # a line of its own (run() echoes the code)
+        stop_signal, timeout=120, cwd=ROOT,
+    )  # fmt: skip
     assert code == 128 + stop_signal, text[-3000:]
     assert "checkpoint saved" in text.splitlines() and "not reached" not in text
 
 
 def test_sigterm_with_no_script_running_exits_at_once(tmp_path):
-    driver = (
-        "import importlib.util, time\n"
-        f"spec = importlib.util.spec_from_file_location('recipe', {str(ROOT / 'training' / 'build_builtin_model.py')!r})\n"
-        "recipe = importlib.util.module_from_spec(spec); spec.loader.exec_module(recipe)\n"
-        "recipe.install_stop_handlers()\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    process = subprocess.Popen([sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert process.stdout.readline() == "ready\n"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 128 + signal.SIGTERM
-    finally:
-        process.kill()
+    driver = RECIPE_DRIVER + "print('ready', flush=True)\ntime.sleep(60)\n"
+    code, text = signal_when_ready(
+        [sys.executable, "-c", driver], tmp_path / "log.txt", lambda log: "ready" in log.splitlines(),
+        signal.SIGTERM, timeout=30, cwd=ROOT,
+    )  # fmt: skip
+    assert code == 128 + signal.SIGTERM, text[-3000:]
 
 
 def test_a_preset_with_video_average_ends_the_video_stage_with_the_mean_of_its_runs(tmp_path):

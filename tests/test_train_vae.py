@@ -5,15 +5,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from processes import signal_when_ready
 from safetensors.torch import load_file
 
 from sg2vid_diffusers.data.video_folder import make_sg_shapes_dataset
@@ -87,19 +86,12 @@ def test_sigterm_stops_after_a_step_with_its_checkpoint_and_no_model(data, tmp_p
         "--checkpointing_steps", "2", "--lr_warmup_steps", "0", "--seed", "3",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(tmp_path / "log.txt", "w") as log_file:  # a file: a pipe left unread could fill and block it
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        try:
-            deadline = time.time() + 240
-            while not (out / "checkpoint-2").is_dir():  # saved inside the loop: the stop handlers are in place
-                assert process.poll() is None and time.time() < deadline
-                time.sleep(0.05)
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=240)
-        finally:
-            process.kill()
-    log = (tmp_path / "log.txt").read_text()
-    assert process.returncode == 128 + signal.SIGTERM, log[-3000:]
+    code, log = signal_when_ready(
+        command, tmp_path / "log.txt",
+        lambda _: (out / "checkpoint-2").is_dir(),  # saved inside the loop: the stop handlers are in place
+        signal.SIGTERM, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert code == 128 + signal.SIGTERM, log[-3000:]
     step = int(re.search(r"Stopped at step (\d+) of 100000 \(SIGTERM\)", log).group(1))
     assert (out / f"checkpoint-{step}").is_dir() and step >= 2
     assert not (out / "diffusion_pytorch_model.safetensors").exists()  # not finished: no model

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet3DConditionModel
 from peft import LoraConfig
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from processes import signal_when_ready
 from tiny_models import tiny_encoder, tiny_pipeline, tiny_text_encoder, tiny_unet, tiny_vae
 
 from sg2vid_diffusers import SceneGraphEncoder, SceneGraphToVideoPipeline, collate_scene_graphs
@@ -269,21 +269,12 @@ def test_sigterm_stops_at_a_steps_end_with_a_checkpoint_of_that_step(work, tmp_p
         "--pretrained_model_name_or_path", work / "pipe",
         *common(work, stopped, "--max_train_steps", 100000, "--checkpointing_steps", 100000, "--use_ema"),
     ]  # fmt: skip
-    log_path = tmp_path / "log.txt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, argv)], stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, cwd=REPO)  # fmt: skip
-        try:
-            deadline = time.time() + 240
-            while "step 1:" not in log_path.read_text():  # logged after the first step, inside the loop
-                assert process.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.1)
-            process.send_signal(signal.SIGTERM)
-            code = process.wait(timeout=240)
-        finally:
-            process.kill()
-    text = log_path.read_text()
+    code, text = signal_when_ready(
+        [sys.executable, str(SCRIPT), *map(str, argv)], tmp_path / "log.txt",
+        lambda log: "step 1:" in log,  # logged after the first step, inside the loop
+        signal.SIGTERM, env=env, cwd=REPO,
+    )  # fmt: skip
     assert code == 128 + signal.SIGTERM, text[-3000:]
     [checkpoint] = stopped.glob("checkpoint-*")
     step = int(checkpoint.name.split("-")[1])
