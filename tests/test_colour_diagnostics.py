@@ -125,3 +125,62 @@ def test_the_script_reads_a_vae_or_pipeline_folder_and_a_generated_folder(tmp_pa
     text = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert text.returncode == 0 and f"red -> {free} (1)" in text.stdout and "empty" in text.stdout
     assert torch.tensor(figures["latent_distances"]).diagonal().abs().max() < 1e-3
+
+
+def test_the_dominant_colour_is_the_drawn_colour_with_the_most_pixels():
+    from sg2vid_diffusers.data.sg_shapes import render_frames
+    from sg2vid_diffusers.evaluation.colours import dominant_colour
+
+    centres = np.array([[[20.0, 20.0], [44.0, 44.0]]] * 4)  # (F, 2 objects, 2)
+    frames = render_frames(["red circle", "blue triangle"], centres, 64)
+    assert dominant_colour(frames) == "red"  # a circle covers more than a triangle of the same size
+    assert dominant_colour(render_frames(["blue triangle"], centres[:, :1], 64)) == "blue"
+    assert dominant_colour(np.zeros((4, 64, 64, 3), np.uint8)) is None
+    # A colour in fewer than half the frames does not count, however large.
+    flashed = render_frames(["blue triangle"], centres[:, 1:], 64)
+    flashed[0, 10:60, 10:60] = COLORS["green"]  # a big green square in 1 of 4 frames
+    assert dominant_colour(flashed) == "blue"
+
+
+def test_single_object_colours_counts_every_video_and_the_built_in_model_draws_the_asked_colours():
+    from sg2vid_diffusers import SceneGraphToVideoPipeline
+    from sg2vid_diffusers.evaluation.colours import single_object_colours
+    from tiny_models import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    categories = ["red circle", "blue square", "green triangle"]
+    report = single_object_colours(pipe, seeds=(0, 1), num_frames=2, num_inference_steps=2, categories=categories, progress=False)
+    assert report.num_videos == 6 == sum(report.shapes.values())
+    assert {asked for asked, _ in report.colours} == {"red", "blue", "green"}
+    assert all(drawn in [*COLORS, "none"] for _, drawn in report.colours)
+    again = single_object_colours(pipe, seeds=(0, 1), num_frames=2, num_inference_steps=2, categories=categories, progress=False)
+    assert again == report  # the seeds fix the videos
+    with pytest.raises(ValueError, match="categories"):
+        single_object_colours(pipe, categories=[], progress=False)
+    with pytest.raises(ValueError, match="purple"):
+        single_object_colours(pipe, categories=["purple circle"], progress=False)
+
+    builtin = SceneGraphToVideoPipeline.from_builtin()
+    builtin.set_progress_bar_config(disable=True)
+    drawn = single_object_colours(builtin, seeds=(0,), num_frames=8, num_inference_steps=10,
+                                  categories=["red circle", "blue square"], progress=False)  # fmt: skip
+    assert drawn.colours == {("red", "red"): 1, ("blue", "blue"): 1} and drawn.colour_accuracy == 1.0
+    assert drawn.shapes == {("circle", "circle"): 1, ("square", "square"): 1}
+    text = drawn.format_table()
+    assert "drawn most in 2 (1.000" in text and "red       red 1" in text
+
+
+def test_the_script_counts_single_objects_of_a_saved_pipeline(tmp_path):
+    from tiny_models import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    command = [sys.executable, str(ROOT / "training" / "colour_diagnostics.py"), "--model", str(tmp_path / "pipe"),
+               "--single_objects", "--seeds", "3", "--num_frames", "2", "--num_inference_steps", "2", "--json"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    assert figures["single_objects"]["num_videos"] == 18  # every SG-Shapes category, one seed
+    assert sum(n for _, _, n in figures["single_objects"]["colours"]) == 18
+    assert len(figures["latent_distances"]) == 6  # the VAE is the model's
+    bad = subprocess.run(command[:-1] + ["--num_frames", "0"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "--num_frames" in bad.stderr

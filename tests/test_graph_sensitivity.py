@@ -29,6 +29,7 @@ def test_a_denoiser_that_hears_the_graph_moves_and_one_that_cannot_does_not():
     assert heard["num_graphs"] == 2 and heard["num_with_predicates"] == 1  # one-object graph: nothing to flip
     for row in [*heard["timesteps"].values(), heard["mean"]]:
         assert row["null_graph"] > 0 and row["object_category"] > 0 and row["predicates"] > 0
+        assert row["object_colour"] > 0 and row["object_shape"] > 0
     assert probe(pipe) == heard  # the same seed probes the same latents
     assert probe(pipe, seed=1) != heard
 
@@ -52,6 +53,37 @@ def test_encoder_tokens_that_cannot_tell_predicates_apart_show_zero():
     blind = probe(pipe)
     assert blind["encoder"]["predicates"] == 0 and blind["mean"]["predicates"] == 0
     assert blind["encoder"]["object_category"] > 0
+
+
+def test_a_model_blind_to_colour_shows_zero_for_a_colour_change_but_not_for_a_shape_change():
+    """The split that found the colour-blind retrain of docs/builtin_model.md: every colour of a shape
+    embeds alike, so a changed colour changes nothing downstream while a changed shape still does."""
+    from sg2vid_diffusers.data.sg_shapes import COLORS, SHAPES
+
+    pipe = tiny_pipeline()
+    vocab, weight = pipe.vocab, pipe.sg_encoder.obj_embeddings.weight
+    with torch.no_grad():
+        for shape in SHAPES:
+            rows = [vocab.object_index(f"{colour} {shape}") for colour in COLORS]
+            weight[rows] = weight[rows[0]].clone()
+    blind = probe(pipe)
+    assert blind["encoder"]["object_colour"] == 0 and blind["encoder"]["object_shape"] > 0
+    for row in [*blind["timesteps"].values(), blind["mean"]]:
+        assert row["object_colour"] < 1e-6 and row["object_shape"] > 0 and row["object_category"] > 0
+
+
+def test_the_colour_and_shape_changes_keep_the_other_word_and_need_such_a_category():
+    from sg2vid_diffusers.evaluation.sensitivity import _changed_part
+
+    graph = parse_scene_graphs(GRAPHS, vocab=tiny_pipeline().vocab)[0]
+    categories = tiny_pipeline().vocab.object_names
+    colour, shape = _changed_part(graph, categories, "colour"), _changed_part(graph, categories, "shape")
+    assert colour.objects[0].name.endswith(" circle") and colour.objects[0].name != "red circle"
+    assert shape.objects[0].name.startswith("red ") and shape.objects[0].name != "red circle"
+    assert colour.objects[1:] == graph.objects[1:] and colour.relationships == graph.relationships
+    assert _changed_part(graph, ["red circle", "red square"], "colour") is None  # no other colour of a circle
+    assert _changed_part(graph, ["red circle", "red square"], "shape").objects[0].name == "red square"
+    assert _changed_part(graph, ["red circle"], "shape") is None
 
 
 def test_the_layout_an_encoder_infers_obeys_the_relations_once_the_layout_loss_taught_it():
@@ -149,6 +181,7 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 graphs (1 with predicates to flip)" in result.stdout and "mean" in result.stdout
+    assert "colour" in result.stdout.splitlines()[1] and "shape" in result.stdout.splitlines()[1]
     assert "encoder" in result.stdout and "the encoder's inferred layout satisfies" in result.stdout
     # 2 frames: the moving triple's span [0, 0.5] is one frame, which the metric cannot score either
     assert "the encoder's inferred motion satisfies n/a of 0 dynamic triples" in result.stdout
@@ -164,3 +197,4 @@ def test_the_script_prints_a_table_for_a_saved_pipeline(tmp_path):
     heard = probe(pipe)["encoder"]
     assert alone["object_category"] == pytest.approx(heard["object_category"], rel=1e-5)
     assert alone["predicates"] == pytest.approx(heard["predicates"], rel=1e-5)
+    assert alone["object_colour"] == pytest.approx(heard["object_colour"], rel=1e-5) and alone["object_colour"] > 0

@@ -58,8 +58,8 @@ def main(argv=None):
             return
         print(f"relative change of the encoder's local tokens, {result['num_graphs']} graphs "
               f"({result['num_with_predicates']} with predicates to flip)")  # fmt: skip
-        predicates = "n/a" if result["predicates"] is None else f"{result['predicates']:.3f}"
-        print(f"object {result['object_category']:.3f}  predicates {predicates}")
+        print(f"object {result['object_category']:.3f}  colour only {_figure(result['object_colour'])}  "
+              f"shape only {_figure(result['object_shape'])}  predicates {_figure(result['predicates'])}")
         print(layout_text(result["layout"]))
         print(motion_text(result["motion"]))
         return
@@ -76,16 +76,21 @@ def main(argv=None):
         return
     print(f"relative change of the UNet's output, {result['num_graphs']} graphs "
           f"({result['num_with_predicates']} with predicates to flip)")  # fmt: skip
-    print(f"{'timestep':>9} {'null graph':>11} {'object':>8} {'predicates':>11}")
+    print(f"{'timestep':>9} {'null graph':>11} {'object':>8} {'colour':>8} {'shape':>8} {'predicates':>11}"
+          "   (object: its category; colour, shape: only that changed)")  # fmt: skip
     rows = [(str(t), row) for t, row in result["timesteps"].items()] + [("mean", result["mean"])]
-    for name, row in rows:
-        predicates = "n/a" if row["predicates"] is None else f"{row['predicates']:.3f}"
-        print(f"{name:>9} {row['null_graph']:>11.3f} {row['object_category']:>8.3f} {predicates:>11}")
     encoder = result["encoder"]
-    predicates = "n/a" if encoder["predicates"] is None else f"{encoder['predicates']:.3f}"
-    print(f"{'encoder':>9} {'':>11} {encoder['object_category']:>8.3f} {predicates:>11}  (its local tokens)")
+    rows.append(("encoder", {"null_graph": None, **encoder}))
+    for name, row in rows:
+        print(f"{name:>9} {_figure(row['null_graph'], ''):>11} {_figure(row['object_category']):>8} "
+              f"{_figure(row['object_colour']):>8} {_figure(row['object_shape']):>8} {_figure(row['predicates']):>11}"
+              + ("  (its local tokens)" if name == "encoder" else ""))
     print(layout_text(encoder["layout"]))
     print(motion_text(encoder["motion"]))
+
+
+def _figure(value: float | None, missing: str = "n/a") -> str:
+    return missing if value is None else f"{value:.3f}"
 
 
 def motion_figure(encoder, graphs, num_frames: int) -> dict | None:

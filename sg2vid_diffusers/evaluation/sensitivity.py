@@ -3,7 +3,11 @@
 For each graph, the UNet's output on the same noisy latents is compared with its output for three
 changed graphs: the null graph (graph dropped), the graph with its first object's category changed,
 and the graph with every spatial or motion predicate replaced by its opposite ("left of" <->
-"right of", "above" <-> "below", "moving toward" <-> "moving away from"). The figure is the relative
+"right of", "above" <-> "below", "moving toward" <-> "moving away from"). The category change is also
+split in two: only the first object's colour changed (``"red circle"`` -> ``"green circle"``) and
+only its shape (``"red circle"`` -> ``"red square"``), so that a model that has learnt shapes but
+not colours shows it (generally: another category with the same last word, and one with the same
+leading words; a vocabulary without such categories gives None). The figure is the relative
 change ``||f(changed) - f(graph)|| / ||f(graph)||``, averaged over graphs, per timestep. A model that
 draws what the graph says must react to all three; one that reacts to the null graph and to
 categories but not to predicates has learnt what to draw, not where (see the README's built-in
@@ -48,6 +52,36 @@ def _changed_object(graph: SceneGraph, categories: Sequence[str]) -> SceneGraph:
     return dataclasses.replace(graph, objects=(changed, *graph.objects[1:]))
 
 
+def _changed_part(graph: SceneGraph, categories: Sequence[str], part: str) -> SceneGraph | None:
+    """The graph with its first object's colour (``part="colour"``: another category with the same
+    last word, e.g. ``"red circle"`` -> ``"green circle"``) or shape (``part="shape"``: the same
+    leading words, another last word) changed: the next such category of the vocabulary after it,
+    cyclically. None when the vocabulary has none (or the name is one word)."""
+    first = graph.objects[0]
+    words = first.name.rsplit(" ", 1)
+    if len(words) != 2:
+        return None
+    key = 1 if part == "colour" else 0  # the word the changed category keeps
+
+    def same_kept_word(name: str) -> bool:
+        other = name.rsplit(" ", 1)
+        return len(other) == 2 and other[key] == words[key] and other[1 - key] != words[1 - key]
+
+    start = categories.index(first.name) if first.name in categories else -1
+    ordered = [categories[(start + 1 + i) % len(categories)] for i in range(len(categories))]
+    name = next((c for c in ordered if same_kept_word(c)), None)
+    if name is None:
+        return None
+    return dataclasses.replace(graph, objects=(dataclasses.replace(first, name=name), *graph.objects[1:]))
+
+
+_PARTS = ("object_colour", "object_shape")
+
+
+def _mean_or_none(total: float, count: int) -> float | None:
+    return total / count if count else None
+
+
 def _flipped_predicates(graph: SceneGraph, known: set[str]) -> SceneGraph | None:
     """Every predicate with an opposite in the vocabulary replaced by it; None when there is none."""
     flipped, changed = [], False
@@ -65,8 +99,12 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
     changes and when every predicate with an opposite is flipped, averaged over graphs (the
     predicate figure over those with something to flip; None when none has).
 
+    Also the first object's colour alone and its shape alone changed (``"object_colour"``,
+    ``"object_shape"``: over the graphs whose vocabulary has such a category; None when none has).
+
     Returns:
-        ``{"num_graphs": G, "num_with_predicates": Gp, "object_category": y, "predicates": z or None}``.
+        ``{"num_graphs": G, "num_with_predicates": Gp, "object_category": y, "predicates": z or None,
+        "object_colour": c or None, "object_shape": s or None}``.
     """
     if encoder.vocab is None:
         raise ValueError("the encoder has no vocabulary: graphs cannot be encoded")
@@ -74,23 +112,30 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
     if not graphs:
         raise ValueError("graphs: no scene graphs to probe")
     categories, known = encoder.vocab.object_names, set(encoder.vocab.predicate_names)
-    sums, with_predicates = {"object_category": 0.0, "predicates": 0.0}, 0
+    sums = {"object_category": 0.0, "predicates": 0.0, **{key: 0.0 for key in _PARTS}}
+    counts = {"predicates": 0, **{key: 0 for key in _PARTS}}
     for graph in graphs:
-        flipped = _flipped_predicates(graph, known)
-        variants = [graph, _changed_object(graph, categories)] + ([flipped] if flipped is not None else [])
+        optional = {
+            "predicates": _flipped_predicates(graph, known),
+            "object_colour": _changed_part(graph, categories, "colour"),
+            "object_shape": _changed_part(graph, categories, "shape"),
+        }
+        present = [key for key, variant in optional.items() if variant is not None]
+        variants = [graph, _changed_object(graph, categories)] + [optional[key] for key in present]
         tokens = encoder(collate_scene_graphs(variants, encoder.vocab).to(encoder.device))
         real = tokens.local_mask[0]  # the variants share the graph's structure, hence its mask
         local = tokens.local_tokens[:, real].float()  # (variants, N', 3D)
         scale = local[0].norm().clamp_min(1e-12)
         sums["object_category"] += ((local[1] - local[0]).norm() / scale).item()
-        if flipped is not None:
-            with_predicates += 1
-            sums["predicates"] += ((local[2] - local[0]).norm() / scale).item()
+        for i, key in enumerate(present, start=2):
+            counts[key] += 1
+            sums[key] += ((local[i] - local[0]).norm() / scale).item()
     return {
         "num_graphs": len(graphs),
-        "num_with_predicates": with_predicates,
+        "num_with_predicates": counts["predicates"],
         "object_category": sums["object_category"] / len(graphs),
-        "predicates": sums["predicates"] / with_predicates if with_predicates else None,
+        "predicates": _mean_or_none(sums["predicates"], counts["predicates"]),
+        **{key: _mean_or_none(sums[key], counts[key]) for key in _PARTS},
     }
 
 
@@ -216,9 +261,12 @@ def graph_sensitivity(
 
     Returns:
         ``{"num_graphs": G, "num_with_predicates": Gp, "timesteps": {t: {"null_graph": x,
-        "object_category": y, "predicates": z or None}}}``, the means over timesteps under
-        ``"mean"``, and under ``"encoder"`` the relative change of the encoder's real local tokens
-        (``{"object_category": y, "predicates": z or None}``).
+        "object_category": y, "predicates": z or None, "object_colour": c or None, "object_shape":
+        s or None}}}``, the means over timesteps under ``"mean"``, and under ``"encoder"`` the
+        relative change of the encoder's real local tokens (the same keys but ``"null_graph"``).
+        ``"object_colour"`` and ``"object_shape"``: the first object's colour alone or its shape
+        alone changed (:func:`encoder_sensitivity`), averaged over the graphs that have such a
+        change; None when none has.
     """
     if pipe.vocab is None:
         raise ValueError("pipe has no vocabulary (sg_encoder.vocab): graphs cannot be encoded")
@@ -236,13 +284,20 @@ def graph_sensitivity(
     if not graphs:
         raise ValueError("graphs: no scene graphs to probe")
 
-    sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, "predicates": 0.0} for t in timesteps}
-    with_predicates = 0
+    optional_keys = ("predicates", *_PARTS)
+    sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, **{key: 0.0 for key in optional_keys}} for t in timesteps}
+    counts = {key: 0 for key in optional_keys}
     generator = torch.Generator().manual_seed(seed)
     for graph in graphs:
-        flipped = _flipped_predicates(graph, known)
-        with_predicates += flipped is not None
-        variants = [graph, graph, _changed_object(graph, categories)] + ([flipped] if flipped is not None else [])
+        optional = {
+            "predicates": _flipped_predicates(graph, known),
+            "object_colour": _changed_part(graph, categories, "colour"),
+            "object_shape": _changed_part(graph, categories, "shape"),
+        }
+        present = [key for key, variant in optional.items() if variant is not None]
+        for key in present:
+            counts[key] += 1
+        variants = [graph, graph, _changed_object(graph, categories)] + [optional[key] for key in present]
         batch = collate_scene_graphs(variants, pipe.vocab).to(device)
         drop = torch.zeros(len(variants), dtype=torch.bool, device=device)
         drop[1] = True  # the second copy becomes the null graph
@@ -256,20 +311,19 @@ def graph_sensitivity(
             change = lambda i: ((out[i] - out[0]).norm() / scale).item()  # noqa: E731
             sums[int(t)]["null_graph"] += change(1)
             sums[int(t)]["object_category"] += change(2)
-            if flipped is not None:
-                sums[int(t)]["predicates"] += change(3)
+            for i, key in enumerate(present, start=3):
+                sums[int(t)][key] += change(i)
 
     per_step = {}
     for t, row in sums.items():
-        per_step[t] = {
-            "null_graph": row["null_graph"] / len(graphs),
-            "object_category": row["object_category"] / len(graphs),
-            "predicates": row["predicates"] / with_predicates if with_predicates else None,
-        }
+        per_step[t] = {"null_graph": row["null_graph"] / len(graphs), "object_category": row["object_category"] / len(graphs)}
+        per_step[t].update({key: _mean_or_none(row[key], counts[key]) for key in optional_keys})
     mean = {key: sum(row[key] for row in per_step.values()) / len(per_step) for key in ("null_graph", "object_category")}
-    mean["predicates"] = sum(row["predicates"] for row in per_step.values()) / len(per_step) if with_predicates else None
+    mean.update({key: sum(row[key] for row in per_step.values()) / len(per_step) if counts[key] else None
+                 for key in optional_keys})  # fmt: skip
     tokens = encoder_sensitivity(encoder, graphs)
-    encoder_mean = {"object_category": tokens["object_category"], "predicates": tokens["predicates"]}
+    encoder_mean = {key: tokens[key] for key in ("object_category", *optional_keys)}
+    with_predicates = counts["predicates"]
     return {
         "num_graphs": len(graphs),
         "num_with_predicates": with_predicates,
