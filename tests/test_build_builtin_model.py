@@ -292,7 +292,7 @@ def test_a_guidance_choice_made_before_layout_scales_only_gets_the_layout_scale_
 def test_only_the_builtin_preset_exports_into_the_package_by_default(tmp_path):
     recipe = load_recipe()
     assert recipe.parse_args(["--work_dir", str(tmp_path)]).export_dir == recipe.BUILTIN_DIR
-    for preset in ("smoke", "builtin_next"):
+    for preset in ("smoke", "builtin_next", "builtin_colour_first"):
         assert recipe.parse_args(["--work_dir", str(tmp_path), "--preset", preset]).export_dir == tmp_path / "export"
     chosen = tmp_path / "elsewhere"
     assert recipe.parse_args(["--work_dir", str(tmp_path), "--preset", "smoke", "--export_dir", str(chosen)]).export_dir == chosen
@@ -310,3 +310,20 @@ def test_the_next_recipe_is_the_shipped_one_with_its_lessons_from_the_start(tmp_
         (12000, "video", None), (24000, "video", None), (36000, "video", None)]  # fmt: skip
     assert all({"--graph_layout_bias", "--graph_layout_motion"} <= set(leg["flags"]) for leg, *_ in runs)
     assert recipe.final_video_dir(nxt, tmp_path) == tmp_path / "video"
+
+
+def test_the_colour_first_recipe_learns_what_before_where(tmp_path):
+    """docs/builtin_model.md, "Two isolating runs": the layout from the first step kept colour out, so
+    the first leg has none of it, the layout loss comes next, the bias (new weights) in new runs."""
+    recipe = load_recipe()
+    shipped, nxt, first = (recipe.PRESETS[name] for name in ("builtin", "builtin_next", "builtin_colour_first"))
+    assert first["vae"] == shipped["vae"] and first["encoder"] == nxt["encoder"] and first["unet"] == shipped["unet"]
+    runs = recipe.video_runs(first, tmp_path)
+    assert [(leg["max_train_steps"], out.name, source and source.name) for leg, out, source, _ in runs] == [
+        (6000, "video", None), (10000, "video", None), (16000, "video_layout", "video"),
+        (22000, "video_layout2", "video_layout")]  # fmt: skip
+    layout = {"--graph_layout_bias", "--graph_layout_motion", "--layout_loss_weight"}
+    assert not layout & set(runs[0][0]["flags"])
+    assert "--layout_loss_weight" in runs[1][0]["flags"] and "--graph_layout_bias" not in runs[1][0]["flags"]
+    assert all(layout <= set(leg["flags"]) and leg.get("fine_tune_into") for leg, *_ in runs[2:])
+    assert recipe.final_video_dir(first, tmp_path) == tmp_path / "video_layout2"
