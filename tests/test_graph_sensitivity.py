@@ -75,8 +75,8 @@ def test_a_model_blind_to_colour_shows_zero_for_a_colour_change_but_not_for_a_sh
 def test_the_colour_and_shape_changes_keep_the_other_word_and_need_such_a_category():
     from sg2vid_diffusers.evaluation.sensitivity import _changed_part
 
-    graph = parse_scene_graphs(GRAPHS, vocab=tiny_pipeline().vocab)[0]
-    categories = tiny_pipeline().vocab.object_names
+    vocab = tiny_pipeline().vocab
+    graph, categories = parse_scene_graphs(GRAPHS, vocab=vocab)[0], vocab.object_names
     colour, shape = _changed_part(graph, categories, "colour"), _changed_part(graph, categories, "shape")
     assert colour.objects[0].name.endswith(" circle") and colour.objects[0].name != "red circle"
     assert shape.objects[0].name.startswith("red ") and shape.objects[0].name != "red circle"

@@ -20,7 +20,16 @@ import numpy as np
 
 from ..data.sg_shapes import CATEGORIES, COLORS, FRAME_SIZE, render_frames, split_category
 from ..scene_graph import SceneGraph
-from .conformance import _PALETTE, MIN_PIXELS, _color_index, _colour_mask, _drawn, _drawn_shape, detect_objects
+from .conformance import (
+    _PALETTE,
+    MIN_PIXELS,
+    Detections,
+    _color_index,
+    _colour_mask,
+    _drawn,
+    _drawn_shape,
+    detect_objects,
+)
 
 __all__ = [
     "ColourReport",
@@ -170,7 +179,11 @@ def dominant_colour(frames: np.ndarray) -> str | None:
         frames: (F, H, W, 3) uint8 (or float in 0..255) RGB frames.
     """
     frames = np.asarray(frames)
-    drawn = _drawn(detect_objects(frames))
+    return _dominant_colour(frames, detect_objects(frames))
+
+
+def _dominant_colour(frames: np.ndarray, detections: Detections) -> str | None:
+    drawn = _drawn(detections)
     if not drawn.any():
         return None
     pixels = [_colour_mask(frames, name).sum() if drawn[c] else -1 for c, name in enumerate(_PALETTE)]
@@ -261,8 +274,9 @@ def single_object_colours(
                    generator=torch.Generator().manual_seed(seed), output_type="np")  # fmt: skip
         frames = to_uint8_frames(out.frames[0])
         colour, shape = split_category(name)
-        drawn = dominant_colour(frames)
+        detections = detect_objects(frames)
+        drawn = _dominant_colour(frames, detections)
         report.colours[(colour, drawn or "none")] += 1
-        drawn_shape = "none" if drawn is None else _drawn_shape(detect_objects(frames), _PALETTE.index(drawn))
+        drawn_shape = "none" if drawn is None else _drawn_shape(detections, _PALETTE.index(drawn))
         report.shapes[(shape, drawn_shape)] += 1
     return report

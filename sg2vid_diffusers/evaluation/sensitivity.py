@@ -40,16 +40,22 @@ from ..scene_graph import SceneGraph
 __all__ = ["encoder_layout_accuracy", "encoder_motion_accuracy", "encoder_sensitivity", "graph_sensitivity"]
 
 
-def _other_category(name: str, categories: Sequence[str]) -> str:
-    """The next category of the vocabulary after ``name`` (cyclically): a different colour or shape."""
+def _other_category(name: str, categories: Sequence[str], accept=None) -> str | None:
+    """The next category of the vocabulary after ``name`` (cyclically) that ``accept`` (default: any)
+    takes; None when none does."""
+    accept = accept or (lambda other: True)
     index = categories.index(name) if name in categories else -1
-    return categories[(index + 1) % len(categories)]
+    ordered = (categories[(index + 1 + i) % len(categories)] for i in range(len(categories)))
+    return next((other for other in ordered if accept(other)), None)
+
+
+def _with_first_object(graph: SceneGraph, name: str) -> SceneGraph:
+    return dataclasses.replace(graph, objects=(dataclasses.replace(graph.objects[0], name=name), *graph.objects[1:]))
 
 
 def _changed_object(graph: SceneGraph, categories: Sequence[str]) -> SceneGraph:
-    first = graph.objects[0]
-    changed = dataclasses.replace(first, name=_other_category(first.name, categories))
-    return dataclasses.replace(graph, objects=(changed, *graph.objects[1:]))
+    """The first object's category changed: a different colour or shape."""
+    return _with_first_object(graph, _other_category(graph.objects[0].name, categories))
 
 
 def _changed_part(graph: SceneGraph, categories: Sequence[str], part: str) -> SceneGraph | None:
@@ -57,25 +63,32 @@ def _changed_part(graph: SceneGraph, categories: Sequence[str], part: str) -> Sc
     last word, e.g. ``"red circle"`` -> ``"green circle"``) or shape (``part="shape"``: the same
     leading words, another last word) changed: the next such category of the vocabulary after it,
     cyclically. None when the vocabulary has none (or the name is one word)."""
-    first = graph.objects[0]
-    words = first.name.rsplit(" ", 1)
+    name = graph.objects[0].name
+    words = name.rsplit(" ", 1)
     if len(words) != 2:
         return None
     key = 1 if part == "colour" else 0  # the word the changed category keeps
 
-    def same_kept_word(name: str) -> bool:
-        other = name.rsplit(" ", 1)
-        return len(other) == 2 and other[key] == words[key] and other[1 - key] != words[1 - key]
+    def same_kept_word(other: str) -> bool:
+        other_words = other.rsplit(" ", 1)
+        return len(other_words) == 2 and other_words[key] == words[key] and other_words[1 - key] != words[1 - key]
 
-    start = categories.index(first.name) if first.name in categories else -1
-    ordered = [categories[(start + 1 + i) % len(categories)] for i in range(len(categories))]
-    name = next((c for c in ordered if same_kept_word(c)), None)
-    if name is None:
-        return None
-    return dataclasses.replace(graph, objects=(dataclasses.replace(first, name=name), *graph.objects[1:]))
+    other = _other_category(name, categories, same_kept_word)
+    return None if other is None else _with_first_object(graph, other)
 
 
-_PARTS = ("object_colour", "object_shape")
+def _optional_variants(graph: SceneGraph, categories: Sequence[str], known: set[str]) -> dict[str, SceneGraph]:
+    """The changed graphs a graph may lack, by figure name: every predicate flipped, the first object's
+    colour only, its shape only; only those the graph and vocabulary allow."""
+    variants = {
+        "predicates": _flipped_predicates(graph, known),
+        "object_colour": _changed_part(graph, categories, "colour"),
+        "object_shape": _changed_part(graph, categories, "shape"),
+    }
+    return {key: variant for key, variant in variants.items() if variant is not None}
+
+
+_OPTIONAL = ("predicates", "object_colour", "object_shape")  # the keys _optional_variants may give
 
 
 def _mean_or_none(total: float, count: int) -> float | None:
@@ -112,16 +125,12 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
     if not graphs:
         raise ValueError("graphs: no scene graphs to probe")
     categories, known = encoder.vocab.object_names, set(encoder.vocab.predicate_names)
-    sums = {"object_category": 0.0, "predicates": 0.0, **{key: 0.0 for key in _PARTS}}
-    counts = {"predicates": 0, **{key: 0 for key in _PARTS}}
+    sums = {"object_category": 0.0, **{key: 0.0 for key in _OPTIONAL}}
+    counts = {key: 0 for key in _OPTIONAL}
     for graph in graphs:
-        optional = {
-            "predicates": _flipped_predicates(graph, known),
-            "object_colour": _changed_part(graph, categories, "colour"),
-            "object_shape": _changed_part(graph, categories, "shape"),
-        }
-        present = [key for key, variant in optional.items() if variant is not None]
-        variants = [graph, _changed_object(graph, categories)] + [optional[key] for key in present]
+        optional = _optional_variants(graph, categories, known)
+        present = list(optional)
+        variants = [graph, _changed_object(graph, categories), *optional.values()]
         tokens = encoder(collate_scene_graphs(variants, encoder.vocab).to(encoder.device))
         real = tokens.local_mask[0]  # the variants share the graph's structure, hence its mask
         local = tokens.local_tokens[:, real].float()  # (variants, N', 3D)
@@ -134,8 +143,7 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
         "num_graphs": len(graphs),
         "num_with_predicates": counts["predicates"],
         "object_category": sums["object_category"] / len(graphs),
-        "predicates": _mean_or_none(sums["predicates"], counts["predicates"]),
-        **{key: _mean_or_none(sums[key], counts[key]) for key in _PARTS},
+        **{key: _mean_or_none(sums[key], counts[key]) for key in _OPTIONAL},
     }
 
 
@@ -284,20 +292,15 @@ def graph_sensitivity(
     if not graphs:
         raise ValueError("graphs: no scene graphs to probe")
 
-    optional_keys = ("predicates", *_PARTS)
-    sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, **{key: 0.0 for key in optional_keys}} for t in timesteps}
-    counts = {key: 0 for key in optional_keys}
+    sums = {int(t): {"null_graph": 0.0, "object_category": 0.0, **{key: 0.0 for key in _OPTIONAL}} for t in timesteps}
+    counts = {key: 0 for key in _OPTIONAL}
     generator = torch.Generator().manual_seed(seed)
     for graph in graphs:
-        optional = {
-            "predicates": _flipped_predicates(graph, known),
-            "object_colour": _changed_part(graph, categories, "colour"),
-            "object_shape": _changed_part(graph, categories, "shape"),
-        }
-        present = [key for key, variant in optional.items() if variant is not None]
+        optional = _optional_variants(graph, categories, known)
+        present = list(optional)
         for key in present:
             counts[key] += 1
-        variants = [graph, graph, _changed_object(graph, categories)] + [optional[key] for key in present]
+        variants = [graph, graph, _changed_object(graph, categories), *optional.values()]
         batch = collate_scene_graphs(variants, pipe.vocab).to(device)
         drop = torch.zeros(len(variants), dtype=torch.bool, device=device)
         drop[1] = True  # the second copy becomes the null graph
@@ -317,16 +320,15 @@ def graph_sensitivity(
     per_step = {}
     for t, row in sums.items():
         per_step[t] = {"null_graph": row["null_graph"] / len(graphs), "object_category": row["object_category"] / len(graphs)}
-        per_step[t].update({key: _mean_or_none(row[key], counts[key]) for key in optional_keys})
+        per_step[t].update({key: _mean_or_none(row[key], counts[key]) for key in _OPTIONAL})
     mean = {key: sum(row[key] for row in per_step.values()) / len(per_step) for key in ("null_graph", "object_category")}
     mean.update({key: sum(row[key] for row in per_step.values()) / len(per_step) if counts[key] else None
-                 for key in optional_keys})  # fmt: skip
+                 for key in _OPTIONAL})  # fmt: skip
     tokens = encoder_sensitivity(encoder, graphs)
-    encoder_mean = {key: tokens[key] for key in ("object_category", *optional_keys)}
-    with_predicates = counts["predicates"]
+    encoder_mean = {key: tokens[key] for key in ("object_category", *_OPTIONAL)}
     return {
         "num_graphs": len(graphs),
-        "num_with_predicates": with_predicates,
+        "num_with_predicates": counts["predicates"],
         "timesteps": per_step,
         "mean": mean,
         "encoder": encoder_mean,
