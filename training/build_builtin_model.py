@@ -175,13 +175,15 @@ PRESETS = {
 # VAE: the same leg with the shipped VAE and without the layout bias, moving layout and layout loss hears
 # and draws colours at 4,000 steps, with them it does not (docs/builtin_model.md, "Two isolating runs").
 # The next recipe should train a first leg without the layout flags, then add them.
+# 4-frame windows of 32 clips, one batch in four on whole clips
+_WINDOW_FLAGS = ["--train_batch_size", "32", "--frame_window", "4", "--whole_clip_every", "4"]
 PRESETS["builtin_next"] = {
     **{k: v for k, v in PRESETS["builtin"].items() if k not in ("video_legs", "video_average")},
     "encoder": [*PRESETS["builtin"]["encoder"], "--layout_loss_weight", "1"],
     "vae": [*PRESETS["builtin"]["vae"], "--colour_separation_weight", "0.05"],
     "video_legs": [{"max_train_steps": steps, "flags": [
-        "--graph_layout_bias", "--graph_layout_motion", "--layout_loss_weight", "1", "--train_batch_size", "32",
-        "--frame_window", "4", "--whole_clip_every", "4"]} for steps in (12000, 24000, 36000)],
+        "--graph_layout_bias", "--graph_layout_motion", "--layout_loss_weight", "1", *_WINDOW_FLAGS]}
+        for steps in (12000, 24000, 36000)],
 }  # fmt: skip
 
 
@@ -192,7 +194,6 @@ PRESETS["builtin_next"] = {
 # such a run drew single objects in the asked colour 32 times of 36), a second with the layout loss (the
 # encoder relearns the layout the first leg let it forget), then two fine-tune runs with the layout bias
 # and the moving layout (a new run each: the bias adds weights).
-_WINDOW_FLAGS = ["--train_batch_size", "32", "--frame_window", "4", "--whole_clip_every", "4"]
 PRESETS["builtin_colour_first"] = {
     **{k: v for k, v in PRESETS["builtin"].items() if k not in ("video_legs", "video_average")},
     "encoder": PRESETS["builtin_next"]["encoder"],

@@ -129,14 +129,13 @@ def encoder_sensitivity(encoder, graphs: Iterable[SceneGraph]) -> dict:
     counts = {key: 0 for key in _OPTIONAL}
     for graph in graphs:
         optional = _optional_variants(graph, categories, known)
-        present = list(optional)
         variants = [graph, _changed_object(graph, categories), *optional.values()]
         tokens = encoder(collate_scene_graphs(variants, encoder.vocab).to(encoder.device))
         real = tokens.local_mask[0]  # the variants share the graph's structure, hence its mask
         local = tokens.local_tokens[:, real].float()  # (variants, N', 3D)
         scale = local[0].norm().clamp_min(1e-12)
         sums["object_category"] += ((local[1] - local[0]).norm() / scale).item()
-        for i, key in enumerate(present, start=2):
+        for i, key in enumerate(optional, start=2):
             counts[key] += 1
             sums[key] += ((local[i] - local[0]).norm() / scale).item()
     return {
@@ -297,8 +296,7 @@ def graph_sensitivity(
     generator = torch.Generator().manual_seed(seed)
     for graph in graphs:
         optional = _optional_variants(graph, categories, known)
-        present = list(optional)
-        for key in present:
+        for key in optional:
             counts[key] += 1
         variants = [graph, graph, _changed_object(graph, categories), *optional.values()]
         batch = collate_scene_graphs(variants, pipe.vocab).to(device)
@@ -314,7 +312,7 @@ def graph_sensitivity(
             change = lambda i: ((out[i] - out[0]).norm() / scale).item()  # noqa: E731
             sums[int(t)]["null_graph"] += change(1)
             sums[int(t)]["object_category"] += change(2)
-            for i, key in enumerate(present, start=3):
+            for i, key in enumerate(optional, start=3):
                 sums[int(t)][key] += change(i)
 
     per_step = {}
