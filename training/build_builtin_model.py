@@ -49,16 +49,18 @@ STAGES = ("data", "encoder", "vae", "video", "guidance", "export", "evaluate")
 MAX_EXPORT_BYTES = 20 * 1024 * 1024
 BUILTIN_DIR = ROOT / "sg2vid_diffusers" / "builtin" / "sg-shapes"  # what from_builtin() loads
 
-# Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
-# 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
-# The flags of every leg that fine-tunes a model with the layout bias (the fifth leg on).
+
 def _layout_leg_flags(layout_loss_weight: str = "1") -> list[str]:
+    """The flags of every leg that fine-tunes a model with the layout bias (the shipped recipe's fifth
+    leg on, which train the layout loss at weight 1)."""
     return ["--train_unet", "--graph_layout_bias", "--layout_loss_weight", layout_loss_weight, "--train_batch_size",
             "32", "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]
 
 
 _LAYOUT_LEG_FLAGS = _layout_leg_flags()
 
+# Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
+# 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
 PRESETS = {
     "builtin": {
         "num_frames": 16,
@@ -203,8 +205,9 @@ PRESETS["builtin_next"] = {
 # of 36 at 2,844 steps); at 0.1 it fits the layout as well and keeps the colour (docs/builtin_model.md,
 # "The colour-first recipe's second leg"). That leg is a new run from the first's pipeline (its EMA
 # weights, a new optimizer, a peak learning rate near where the first leg's cosine had come down to),
-# 2,844 steps: as many as the weight-1 leg had run when it was stopped, so the two are a pair. The
-# layout-bias legs are the shipped recipe's: 3,000 steps each.
+# 2,844 steps: as many as the weight-1 leg had run when it was stopped (the two compare at one step
+# count; not a pure pair, the docs say why). The layout-bias legs are the shipped recipe's: 3,000
+# steps each.
 PRESETS["builtin_colour_first"] = {
     **{k: v for k, v in PRESETS["builtin"].items() if k not in ("video_legs", "video_average")},
     "encoder": PRESETS["builtin_next"]["encoder"],
