@@ -57,8 +57,6 @@ def _layout_leg_flags(layout_loss_weight: str = "1") -> list[str]:
             "32", "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]
 
 
-_LAYOUT_LEG_FLAGS = _layout_leg_flags()
-
 # Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
 # 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
 PRESETS = {
@@ -107,7 +105,7 @@ PRESETS = {
                                                  "--layout_loss_weight", "1", "--lr_scheduler", "linear"]},
             # The fifth to ninth are fine-tune legs, each a new run from the last leg's pipeline with the
             # layout bias; the eighth and ninth add the moving layout (docs/builtin_model.md, "Motion").
-            *({"max_train_steps": steps, "fine_tune_into": folder, "flags": [*_LAYOUT_LEG_FLAGS, *extra]}
+            *({"max_train_steps": steps, "fine_tune_into": folder, "flags": [*_layout_leg_flags(), *extra]}
               for steps, folder, extra in ((20400, "video_layout", []), (23400, "video_layout2", []),
                                            (26400, "video_layout3", []),
                                            (29400, "video_motion2", ["--graph_layout_motion"]),
