@@ -205,7 +205,8 @@ PRESETS["builtin_next"] = {
 # weights, a new optimizer, a peak learning rate near where the first leg's cosine had come down to),
 # 2,844 steps: as many as the weight-1 leg had run when it was stopped (the two compare at one step
 # count; not a pure pair, the docs say why). The layout-bias legs are the shipped recipe's: 3,000
-# steps each.
+# steps each; four of them (the shipped history had seven; its relations were still rising at the
+# fourth: docs/builtin_model.md).
 PRESETS["builtin_colour_first"] = {
     **{k: v for k, v in PRESETS["builtin"].items() if k not in ("video_legs", "video_average")},
     "encoder": PRESETS["builtin_next"]["encoder"],
@@ -215,7 +216,8 @@ PRESETS["builtin_colour_first"] = {
          "flags": [*_WINDOW_FLAGS, "--layout_loss_weight", "0.1", "--learning_rate", "2e-4", "--lr_warmup_steps", "50"]},
         *({"max_train_steps": steps, "fine_tune_into": folder,
            "flags": [*_layout_leg_flags("0.1"), "--graph_layout_motion", "--whole_clip_every", "4"]}
-          for steps, folder in ((11844, "video_layout"), (14844, "video_layout2"))),
+          for steps, folder in ((11844, "video_layout"), (14844, "video_layout2"), (17844, "video_layout3"),
+                                (20844, "video_layout4"))),
     ],
 }  # fmt: skip
 
