@@ -322,7 +322,8 @@ def test_the_colour_first_recipe_learns_what_before_where(tmp_path):
     assert [(leg["max_train_steps"], out.name, source and source.name) for leg, out, source, _ in runs] == [
         (6000, "video", None), (8844, "video_layout_loss", "video"), (11844, "video_layout", "video_layout_loss"),
         (14844, "video_layout2", "video_layout"), (17844, "video_layout3", "video_layout2"),
-        (20844, "video_layout4", "video_layout3")]  # fmt: skip
+        (20844, "video_layout4", "video_layout3"), (23844, "video_layout5", "video_layout4"),
+        (26844, "video_layout6", "video_layout5")]  # fmt: skip
     layout = {"--graph_layout_bias", "--graph_layout_motion", "--layout_loss_weight"}
     assert not layout & set(runs[0][0]["flags"])
     assert "--layout_loss_weight" in runs[1][0]["flags"] and "--graph_layout_bias" not in runs[1][0]["flags"]
@@ -332,4 +333,4 @@ def test_the_colour_first_recipe_learns_what_before_where(tmp_path):
     for leg, *_ in runs[1:]:
         assert leg["flags"].count("--layout_loss_weight") == 1
         assert recipe.option(leg["flags"], "--layout_loss_weight") == "0.1"
-    assert recipe.final_video_dir(first, tmp_path) == tmp_path / "video_layout4"
+    assert recipe.final_video_dir(first, tmp_path) == tmp_path / "video_layout6"
