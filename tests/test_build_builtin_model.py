@@ -296,10 +296,11 @@ def test_a_guidance_choice_made_before_layout_scales_only_gets_the_layout_scale_
     assert recipe.stage_guidance(args, preset, tmp_path) is False and len(commands) == 1  # nothing left to choose
 
 
-def test_only_the_builtin_preset_exports_into_the_package_by_default(tmp_path):
+def test_only_the_shipped_preset_exports_into_the_package_by_default(tmp_path):
     recipe = load_recipe()
+    assert recipe.parse_args(["--work_dir", str(tmp_path)]).preset == recipe.SHIPPED_PRESET == "builtin_colour_first"
     assert recipe.parse_args(["--work_dir", str(tmp_path)]).export_dir == recipe.BUILTIN_DIR
-    for preset in ("smoke", "builtin_next", "builtin_colour_first"):
+    for preset in ("smoke", "builtin_next", "builtin"):  # "builtin": the recipe shipped before
         assert recipe.parse_args(["--work_dir", str(tmp_path), "--preset", preset]).export_dir == tmp_path / "export"
     chosen = tmp_path / "elsewhere"
     assert recipe.parse_args(["--work_dir", str(tmp_path), "--preset", "smoke", "--export_dir", str(chosen)]).export_dir == chosen

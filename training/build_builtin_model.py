@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The recipe of the built-in SG-Shapes model, stage by stage, resumable.
 
-    python training/build_builtin_model.py --work_dir runs/builtin            # everything
-    python training/build_builtin_model.py --work_dir runs/builtin --stages vae video
+    python training/build_builtin_model.py --work_dir runs/cf            # everything (the shipped recipe)
+    python training/build_builtin_model.py --work_dir runs/cf --stages vae video
     python training/build_builtin_model.py --work_dir runs/smoke --preset smoke  # minutes, for tests
 
 Stages (each skipped when its output exists; each training stage resumes from its last checkpoint
@@ -20,7 +20,8 @@ stops a training stage at the end of its step in progress, with a checkpoint of 
    WORK/video_average (``average_pipelines.py``), the model the later stages use;
 5. ``guidance``: the default classifier-free guidance, chosen on validation graphs;
 6. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder
-   for ``--preset builtin``, WORK/export for the others), at most 20 MB;
+   for the shipped model's recipe, the default preset ``builtin_colour_first``; WORK/export for the
+   others), at most 20 MB;
 7. ``evaluate``: 200 test graphs generated with default settings and scored (``sg2vid evaluate``),
    beside the ground-truth clips and the same model on the null graph; written to
    ``WORK/evaluation.json`` and printed as a table.
@@ -48,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("data", "encoder", "vae", "video", "guidance", "export", "evaluate")
 MAX_EXPORT_BYTES = 20 * 1024 * 1024
 BUILTIN_DIR = ROOT / "sg2vid_diffusers" / "builtin" / "sg-shapes"  # what from_builtin() loads
+SHIPPED_PRESET = "builtin_colour_first"  # the recipe of the model in BUILTIN_DIR, the only one exported there
 
 
 def _layout_leg_flags(layout_loss_weight: str = "1") -> list[str]:
@@ -57,8 +59,9 @@ def _layout_leg_flags(layout_loss_weight: str = "1") -> list[str]:
             "32", "--frame_window", "4", "--learning_rate", "3e-4", "--lr_warmup_steps", "100"]
 
 
-# Sizes, steps and batches per preset. "builtin" is the shipped model's recipe (GPU: minutes; the
-# 2-core CPU machine: hours); "smoke" runs every stage end to end in a few minutes on a CPU.
+# Sizes, steps and batches per preset. "builtin" is the first shipped model's recipe (a weight average,
+# shipped until the colour-first recipe below replaced it; GPU: minutes; the 2-core CPU machine:
+# hours); "smoke" runs every stage end to end in a few minutes on a CPU.
 PRESETS = {
     "builtin": {
         "num_frames": 16,
@@ -232,17 +235,18 @@ PRESETS["builtin_colour_first"] = {
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work_dir", required=True, type=Path, help="data, runs and results go here")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="builtin")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=SHIPPED_PRESET,
+                   help=f"the recipe (default: {SHIPPED_PRESET}, the shipped model's)")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--export_dir", type=Path, default=None,
                    help="where the export stage writes the pipeline (default: the package's built-in folder for "
-                   "--preset builtin, WORK/export for any other)")  # fmt: skip
+                   f"--preset {SHIPPED_PRESET}, WORK/export for any other)")  # fmt: skip
     p.add_argument("--launcher", choices=["python", "accelerate"], default="python")
     p.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.export_dir is None:  # only the shipped model's recipe replaces the shipped model
-        args.export_dir = BUILTIN_DIR if args.preset == "builtin" else args.work_dir / "export"
+        args.export_dir = BUILTIN_DIR if args.preset == SHIPPED_PRESET else args.work_dir / "export"
     return args
 
 
