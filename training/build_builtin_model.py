@@ -673,7 +673,7 @@ def recipe_section(args, preset, work: Path) -> str:
         ("vae", f"frame autoencoder (`train_vae.py`), {option(preset['vae'], '--max_train_steps')} steps; its "
                 f"reconstructions of validation clips: {vae_figures}"),
         ("video", f"the UNet from scratch with the encoder fine-tuned (`train_video.py`, above), "
-                  f"{preset['video_legs'][-1]['max_train_steps']} steps, batches of "
+                  f"{last_step} steps, batches of "
                   f"{option(preset['video'], '--train_batch_size')} clips{legs_text(work, last_step)}"
                   + (f"; then the mean of the UNet and encoder weights of the runs {', '.join(preset['video_average'])} "
                      "(`training/average_pipelines.py`)" if preset.get("video_average") else "")),
