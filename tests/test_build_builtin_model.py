@@ -67,6 +67,21 @@ def test_the_recipe_runs_every_stage_and_exports_a_loadable_fp16_pipeline(tmp_pa
     assert (f", motion scale {guidance['motion_scale']:g}, layout scale {guidance['layout_scale']:g}, "
             "the best-fitting of 2 candidates, seed = graph index") in card
     assert model_index["default_num_candidates"] == 2  # the preset's, exported
+    # Every setting scored on the validation split and on a fresh one (extra_validation_seeds: [1]),
+    # by the mean of the two: the figures and so the score are the sets' mean.
+    work = tmp_path / "work"
+    assert guidance["validation_sets"] == ["validation", "validation_seed1"]
+    fresh = [json.loads(line) for line in (work / "guidance_graphs_validation_seed1.jsonl").read_text().splitlines()]
+    first = [json.loads(line) for line in (work / "guidance_graphs.jsonl").read_text().splitlines()]
+    assert len(fresh) == len(first) == 2 and fresh != first  # drawn with another seed
+    recipe = load_recipe()
+    for row in [*guidance["figures"].values(), *guidance["layout_figures"].values()]:
+        assert set(row["sets"]) == {"validation", "validation_seed1"} and row["num_videos"] == 4
+        sets = list(row["sets"].values())
+        assert row["relation_accuracy"] == pytest.approx(sum(r["relation_accuracy"] for r in sets) / 2)
+        assert recipe.guidance_score(row) == pytest.approx(sum(map(recipe.guidance_score, sets)) / 2)
+    assert (work / "guidance" / "validation_seed1" / layout_run / "metadata.jsonl").is_file()
+    assert "averaged over 2 validation sets (2 graphs of `validation` and 2 graphs of `validation_seed1`)" in card
     assert "| built-in model |" in card and "| null graph |" in card
     legs = json.loads((tmp_path / "work" / "video_legs.json").read_text())
     # The smoke preset's three legs, the second on frame windows with the layout loss, the third a
@@ -272,7 +287,8 @@ def test_a_guidance_choice_made_before_layout_scales_only_gets_the_layout_scale_
     from test_pipeline import moving_pipeline
 
     recipe = load_recipe()
-    preset = {**recipe.PRESETS["smoke"], "video_legs": [{"max_train_steps": 5}], "layout_scales": [1.0, 3.0]}
+    preset = {**recipe.PRESETS["smoke"], "video_legs": [{"max_train_steps": 5}], "layout_scales": [1.0, 3.0],
+              "extra_validation_seeds": []}  # one validation set, as before sets were recorded  # fmt: skip
     moving_pipeline().save_pretrained(tmp_path / "video")
     row = lambda recall: {"relation_accuracy": 0.5, "object_recall": recall, "shape_accuracy": 1.0,  # noqa: E731
                           "spurious_per_video": 0.0, "num_videos": 2}
@@ -294,6 +310,46 @@ def test_a_guidance_choice_made_before_layout_scales_only_gets_the_layout_scale_
     assert command[command.index("--guidance-scale") + 1] == "4" and command[command.index("--motion-scale") + 1] == "2"
     assert command[command.index("--layout-scale") + 1] == "3.0"
     assert recipe.stage_guidance(args, preset, tmp_path) is False and len(commands) == 1  # nothing left to choose
+
+
+def test_a_guidance_choice_made_on_other_validation_sets_is_made_again_on_the_presets(tmp_path, monkeypatch):
+    """A choice made on the validation split alone does not stand for a preset that also scores a fresh
+    set: every setting is generated on both sets again and chosen by the mean of its two scores."""
+    from test_pipeline import moving_pipeline
+
+    recipe = load_recipe()
+    preset = {**recipe.PRESETS["smoke"], "video_legs": [{"max_train_steps": 5}], "guidance_scales": [4.0],
+              "motion_scales": [1.0], "layout_scales": [1.0, 3.0], "extra_validation_seeds": [7]}  # fmt: skip
+    moving_pipeline().save_pretrained(tmp_path / "video")
+    row = lambda relation: {"relation_accuracy": relation, "object_recall": 1.0, "shape_accuracy": 1.0,  # noqa: E731
+                            "spurious_per_video": 0.0, "timed_relation_accuracy": None, "graph_accuracy": relation,
+                            "num_videos": 2}  # fmt: skip
+    before = {"chosen": 4.0, "model": recipe.guidance_model(preset, tmp_path), "figures": {"4": row(0.5)},
+              "layout_scale": 1.0, "layout_figures": {"1": row(0.5), "3": row(0.4)}}  # fmt: skip
+    (tmp_path / "guidance.json").write_text(json.dumps(before))
+    commands, splits = [], []
+    # Layout scale 3 wins on the first set (0.6 against 0.5) and loses by more on the fresh one (0.2 against 0.5).
+    figures = {("4", "validation"): row(0.5), ("4_motion1_layout3", "validation"): row(0.6),
+               ("4", "validation_seed7"): row(0.5), ("4_motion1_layout3", "validation_seed7"): row(0.2)}  # fmt: skip
+
+    monkeypatch.setattr(recipe, "run", commands.append)  # the generate commands the stage would run
+    monkeypatch.setattr(recipe, "make_split", lambda *a, seed=None: splits.append(seed) or tmp_path / f"split{seed}")
+    monkeypatch.setattr(recipe, "write_graphs", lambda folder, path, **k: path)
+    monkeypatch.setattr(recipe, "evaluate_folder", lambda folder: figures[
+        (folder.name, "validation" if folder.parent.name == "guidance" else folder.parent.name)])
+    args = recipe.parse_args(["--work_dir", str(tmp_path), "--preset", "smoke"])
+    assert recipe.stage_guidance(args, preset, tmp_path) is True
+    assert splits == [None, 7]  # the recipe's validation split, and one drawn with seed 7
+    after = json.loads((tmp_path / "guidance.json").read_text())
+    assert after["validation_sets"] == ["validation", "validation_seed7"]
+    assert after["layout_scale"] == 1.0  # by the mean: 0.5 against 0.4
+    assert after["layout_figures"]["3"]["relation_accuracy"] == pytest.approx(0.4)
+    assert after["layout_figures"]["3"]["sets"] == {"validation": row(0.6), "validation_seed7": row(0.2)}
+    graphs = [command[command.index("--scene-graph") + 1] for command in commands]
+    assert graphs == [str(tmp_path / "guidance_graphs.jsonl"), str(tmp_path / "guidance_graphs_validation_seed7.jsonl")] * 2
+    assert recipe.stage_guidance(args, preset, tmp_path) is False and len(commands) == 4  # chosen on these sets now
+    assert "averaged over 2 validation sets (2 graphs of `validation` and 2 graphs of `validation_seed7`)" in (
+        recipe.guidance_text(tmp_path))
 
 
 def test_only_the_shipped_preset_exports_into_the_package_by_default(tmp_path):
