@@ -320,7 +320,9 @@ def test_a_guidance_choice_made_on_other_validation_sets_is_made_again_on_the_pr
     recipe = load_recipe()
     preset = {**recipe.PRESETS["smoke"], "video_legs": [{"max_train_steps": 5}], "guidance_scales": [4.0],
               "motion_scales": [1.0], "layout_scales": [1.0, 3.0], "extra_validation_seeds": [7]}  # fmt: skip
-    moving_pipeline().save_pretrained(tmp_path / "video")
+    pipe = moving_pipeline()
+    pipe.register_to_config(default_layout_scale=2.0, default_motion_scale=1.5)  # as a pipeline saved from an export
+    pipe.save_pretrained(tmp_path / "video")
     row = lambda relation: {"relation_accuracy": relation, "object_recall": 1.0, "shape_accuracy": 1.0,  # noqa: E731
                             "spurious_per_video": 0.0, "timed_relation_accuracy": None, "graph_accuracy": relation,
                             "num_videos": 2}  # fmt: skip
@@ -346,6 +348,9 @@ def test_a_guidance_choice_made_on_other_validation_sets_is_made_again_on_the_pr
     assert after["layout_figures"]["3"]["relation_accuracy"] == pytest.approx(0.4)
     assert after["layout_figures"]["3"]["sets"] == {"validation": row(0.6), "validation_seed7": row(0.2)}
     graphs = [command[command.index("--scene-graph") + 1] for command in commands]
+    flag = lambda command, name: command[command.index(name) + 1]  # noqa: E731
+    # "1" is the model as trained, whatever the folder's defaults: its scales are passed outright.
+    assert [(flag(c, "--motion-scale"), flag(c, "--layout-scale")) for c in commands] == [("1", "1")] * 2 + [("1", "3.0")] * 2
     assert graphs == [str(tmp_path / "guidance_graphs.jsonl"), str(tmp_path / "guidance_graphs_validation_seed7.jsonl")] * 2
     assert recipe.stage_guidance(args, preset, tmp_path) is False and len(commands) == 4  # chosen on these sets now
     assert "averaged over 2 validation sets (2 graphs of `validation` and 2 graphs of `validation_seed7`)" in (

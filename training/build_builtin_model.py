@@ -595,6 +595,10 @@ def stage_guidance(args, preset, work: Path) -> bool:
     if previous is not None and (not wants_layout or "layout_figures" in previous):
         return False
     sets = validation_sets(args, preset, work)
+    # "1" is the model as trained: said outright, not left to the folder's defaults (a pipeline saved
+    # from an export, or fine-tuned from one, carries that export's default scales).
+    moving, biased = has_moving_layout(trained), has_layout_bias(trained)
+    layout_1 = ["--layout-scale", "1"] if biased else []
 
     def score(name: str, extra: list[str]) -> dict:
         rows = {}
@@ -611,19 +615,21 @@ def stage_guidance(args, preset, work: Path) -> bool:
         chosen = f"{result['chosen']:g}"
         print(f"guidance {chosen} and motion scale {result.get('motion_scale', 1.0):g} already chosen for this model")
     else:
-        rows = {f"{scale:g}": score(f"{scale:g}", ["--guidance-scale", str(scale)]) for scale in preset["guidance_scales"]}
+        as_trained = [*(["--motion-scale", "1"] if moving else []), *layout_1]
+        rows = {f"{scale:g}": score(f"{scale:g}", ["--guidance-scale", str(scale), *as_trained])
+                for scale in preset["guidance_scales"]}  # fmt: skip
         chosen = max(rows, key=lambda scale: guidance_score(rows[scale]))
         result = {"chosen": float(chosen), "model": model, "validation_sets": set_names, "figures": rows}
         for scale, row in rows.items():
             print(f"guidance {scale}: score {guidance_score(row):.3f} {'(chosen)' if scale == chosen else ''}")
-        if preset.get("motion_scales") and has_moving_layout(trained):
+        if preset.get("motion_scales") and moving:
             # the model as trained ("1") is the chosen guidance's row
             result.update(choose_scale("motion", rows[chosen], preset["motion_scales"], lambda scale: score(
-                f"{chosen}_motion{scale:g}", ["--guidance-scale", chosen, "--motion-scale", str(scale)])))  # fmt: skip
+                f"{chosen}_motion{scale:g}", ["--guidance-scale", chosen, "--motion-scale", str(scale), *layout_1])))  # fmt: skip
     if wants_layout:
         motion = f"{result.get('motion_scale', 1.0):g}"
         base = result["motion_figures"][motion] if "motion_figures" in result else result["figures"][chosen]
-        motion_flags = ["--motion-scale", motion] if "motion_figures" in result else []
+        motion_flags = ["--motion-scale", motion] if moving else []
         result.update(choose_scale("layout", base, preset["layout_scales"], lambda scale: score(
             f"{chosen}_motion{motion}_layout{scale:g}",
             ["--guidance-scale", chosen, *motion_flags, "--layout-scale", str(scale)])))  # fmt: skip
