@@ -511,8 +511,9 @@ def guidance_score(row: dict) -> float:
     return row["relation_accuracy"] + row["object_recall"] + (row["shape_accuracy"] or 0.0) - row["spurious_per_video"]
 
 
-MEAN_FIGURES = ("object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
-                "spurious_per_video")  # fmt: skip
+# The figures of an `sg2vid evaluate --json` row that the recipe reports (the quality table) and averages.
+FIGURES = ("object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
+           "spurious_per_video")  # fmt: skip
 
 
 def mean_row(rows: dict[str, dict]) -> dict:
@@ -522,23 +523,31 @@ def mean_row(rows: dict[str, dict]) -> dict:
     if len(rows) == 1:
         return next(iter(rows.values()))
     row = {"num_videos": sum(r["num_videos"] for r in rows.values())}
-    for key in MEAN_FIGURES:
+    for key in FIGURES:
         values = [r[key] for r in rows.values() if r.get(key) is not None]
         row[key] = sum(values) / len(values) if values else None
     return {**row, "sets": rows}
 
 
+def validation_seeds(preset) -> dict[str, int | None]:
+    """The guidance stage's validation sets by name, each with the seed that draws it: the recipe's
+    validation split (None: the recipe's ``--seed``) and one more per seed in the preset's
+    ``extra_validation_seeds`` (fresh graphs, so that a choice between close settings is not made on
+    the noise of one set of 200)."""
+    return {"validation": None, **{f"validation_seed{seed}": seed for seed in preset.get("extra_validation_seeds", [])}}
+
+
 def validation_sets(args, preset, work: Path) -> dict[str, Path]:
-    """The guidance stage's validation sets, ``{name: graphs.jsonl}``: the recipe's validation split (its
-    first ``guidance_graphs``) and one more, as large, per seed in the preset's ``extra_validation_seeds``
-    (``sg2vid make-dataset --split validation --seed N``: fresh graphs, so that a choice between close
-    settings is not made on the noise of one set of 200)."""
-    sets = {"validation": make_split(args, preset, work, "validation")}
-    for seed in preset.get("extra_validation_seeds", []):
-        sets[f"validation_seed{seed}"] = make_split(args, preset, work, "validation", seed=seed)
-    return {name: write_graphs(folder, work / ("guidance_graphs.jsonl" if name == "validation" else
-                                               f"guidance_graphs_{name}.jsonl"), limit=preset["guidance_graphs"])
-            for name, folder in sets.items()}  # fmt: skip
+    """The sets of :func:`validation_seeds` as ``{name: graphs.jsonl}`` (each set's first
+    ``guidance_graphs``), drawn by ``sg2vid make-dataset --split validation`` where missing."""
+    sets = {}
+    for name, seed in validation_seeds(preset).items():
+        if seed is None:
+            folder, graphs = make_split(args, preset, work, "validation"), work / "guidance_graphs.jsonl"
+        else:
+            folder, graphs = make_split(args, preset, work, "validation", seed=seed), work / f"guidance_graphs_{name}.jsonl"
+        sets[name] = write_graphs(folder, graphs, limit=preset["guidance_graphs"])
+    return sets
 
 
 def guidance_model(preset, work: Path) -> dict:
@@ -585,19 +594,19 @@ def stage_guidance(args, preset, work: Path) -> bool:
     out = work / "guidance.json"
     model = guidance_model(preset, work)
     trained = final_video_dir(preset, work)
-    set_names = ["validation", *(f"validation_seed{seed}" for seed in preset.get("extra_validation_seeds", []))]
+    set_names = list(validation_seeds(preset))
     previous = json.loads(out.read_text()) if out.is_file() else None
     if previous is not None and previous.get("model") != model:
         previous = None  # chosen for another model (a later leg or fine-tune run chooses again)
     if previous is not None and previous.get("validation_sets", ["validation"]) != set_names:
         previous = None  # chosen on other validation sets: every choice is made again on these
-    wants_layout = bool(preset.get("layout_scales")) and has_layout_bias(trained)
+    moving, biased = has_moving_layout(trained), has_layout_bias(trained)
+    wants_layout = bool(preset.get("layout_scales")) and biased
     if previous is not None and (not wants_layout or "layout_figures" in previous):
         return False
     sets = validation_sets(args, preset, work)
     # "1" is the model as trained: said outright, not left to the folder's defaults (a pipeline saved
     # from an export, or fine-tuned from one, carries that export's default scales).
-    moving, biased = has_moving_layout(trained), has_layout_bias(trained)
     layout_1 = ["--layout-scale", "1"] if biased else []
 
     def score(name: str, extra: list[str]) -> dict:
@@ -755,8 +764,6 @@ def quality_section(
     rows: dict, command: str, guidance: float, motion: float | None = None, layout: float | None = None,
     candidates: int = 1,
 ) -> str:
-    keys = ["object_recall", "relation_accuracy", "timed_relation_accuracy", "graph_accuracy", "shape_accuracy",
-            "spurious_per_video"]  # fmt: skip
     lines = [
         QUALITY_HEADING,
         "",
@@ -771,11 +778,11 @@ def quality_section(
         command,
         "```",
         "",
-        "| videos | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
-        "| --- |" + " --- |" * len(keys),
+        "| videos | " + " | ".join(k.replace("_", " ") for k in FIGURES) + " |",
+        "| --- |" + " --- |" * len(FIGURES),
     ]
     for name, row in rows.items():
-        lines.append(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join("n/a" if row[k] is None else f"{row[k]:.3f}" for k in FIGURES) + " |")
     return "\n".join(lines) + "\n"
 
 
