@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from processes import signal_when_ready
 from safetensors import safe_open
 
@@ -123,6 +125,73 @@ def test_stage_times_add_up_over_resumed_training_and_are_replaced_when_a_stage_
         recipe.record_stage_time(tmp_path, stage, 100.0)
         recipe.record_stage_time(tmp_path, stage, 30.0)
     assert json.loads((tmp_path / "stage_times.json").read_text()) == {"video": 130.0, "evaluate": 30.0}
+
+
+def test_the_guidance_stage_time_adds_up_over_stopped_runs_until_one_finishes(tmp_path):
+    recipe = load_recipe()
+    recipe.record_stage_time(tmp_path, "guidance", 100.0, finished=False)  # stopped ...
+    recipe.record_stage_time(tmp_path, "guidance", 30.0, finished=False)  # ... twice ...
+    assert json.loads((tmp_path / "stage_times.json").read_text()) == {"guidance": 130.0}
+    recipe.record_stage_time(tmp_path, "guidance", 20.0)  # ... then resumed to the end: one choice, 150 s
+    assert json.loads((tmp_path / "stage_times.json").read_text()) == {"guidance": 150.0}
+    recipe.record_stage_time(tmp_path, "guidance", 40.0)  # a new choice (another model) starts from 0
+    assert json.loads((tmp_path / "stage_times.json").read_text()) == {"guidance": 40.0}
+
+
+def test_a_guidance_stage_stopped_midway_resumes_without_generating_its_finished_videos_again(tmp_path, monkeypatch):
+    """The guidance stage's finished folders are kept when it is run again after a stop; a folder is
+    generated again when its model's weights, its graphs or its settings change, or when it is gone."""
+    from test_pipeline import moving_pipeline
+
+    recipe = load_recipe()
+    preset = {**recipe.PRESETS["smoke"], "video_legs": [{"max_train_steps": 5}], "guidance_scales": [1.0, 4.0],
+              "motion_scales": [1.0], "layout_scales": [1.0, 3.0], "extra_validation_seeds": []}  # fmt: skip
+    moving_pipeline().save_pretrained(tmp_path / "video")
+    graphs = tmp_path / "guidance_graphs.jsonl"
+    graphs.write_text('{"objects": ["red circle"], "relationships": []}\n')
+    row = {"relation_accuracy": 0.5, "object_recall": 1.0, "shape_accuracy": 1.0, "spurious_per_video": 0.0,
+           "num_videos": 1}  # fmt: skip
+    generated = []
+
+    def run(command):  # what `sg2vid generate --output-dir` leaves: a whole folder, renamed into place
+        folder = Path(command[command.index("--output-dir") + 1])
+        generated.append(folder.name)
+        if len(generated) == stop_after:
+            raise KeyboardInterrupt  # stopped during this generation: its folder is not written
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metadata.jsonl").write_text("{}\n")
+
+    monkeypatch.setattr(recipe, "run", run)
+    monkeypatch.setattr(recipe, "make_split", lambda *a, **k: tmp_path / "validation")
+    monkeypatch.setattr(recipe, "write_graphs", lambda folder, path, **k: path)
+    monkeypatch.setattr(recipe, "evaluate_folder", lambda folder: row)
+    args = recipe.parse_args(["--work_dir", str(tmp_path), "--preset", "smoke"])
+    stop_after = 2
+    with pytest.raises(KeyboardInterrupt):
+        recipe.stage_guidance(args, preset, tmp_path)
+    assert generated == ["1", "4"] and not (tmp_path / "guidance.json").exists()
+    stop_after = None
+    assert recipe.stage_guidance(args, preset, tmp_path) is True
+    # Resumed: guidance 1 kept, guidance 4 (stopped) generated, then the layout scale 3 at guidance 1
+    # (the tie goes to the lower scale, 1 as trained winning ties).
+    assert generated == ["1", "4", "4", "1_motion1_layout3"]
+    (tmp_path / "guidance.json").unlink()  # the choice made anew, nothing changed: nothing generated
+    assert recipe.stage_guidance(args, preset, tmp_path) is True and len(generated) == 4
+    graphs.write_text('{"objects": ["blue square"], "relationships": []}\n')  # other graphs
+    (tmp_path / "guidance.json").unlink()
+    recipe.stage_guidance(args, preset, tmp_path)
+    assert generated[4:] == ["1", "4", "1_motion1_layout3"]
+    pipe = moving_pipeline()  # other weights in the same folder
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1.0)
+    pipe.save_pretrained(tmp_path / "video")
+    (tmp_path / "guidance.json").unlink()
+    recipe.stage_guidance(args, preset, tmp_path)
+    assert generated[7:] == ["1", "4", "1_motion1_layout3"]
+    shutil.rmtree(tmp_path / "guidance" / "4")  # a folder gone
+    (tmp_path / "guidance.json").unlink()
+    recipe.stage_guidance(args, preset, tmp_path)
+    assert generated[10:] == ["4"]
 
 
 def test_a_run_resumed_with_more_steps_is_recorded_as_a_second_leg(tmp_path):

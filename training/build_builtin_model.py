@@ -20,7 +20,8 @@ stops a training stage at the end of its step in progress, with a checkpoint of 
    WORK/video_average (``average_pipelines.py``), the model the later stages use;
 5. ``guidance``: the default classifier-free guidance (then motion and layout scales), chosen on
    validation graphs: the validation split, plus one drawn with each of the preset's
-   ``extra_validation_seeds`` (the score averaged over the sets);
+   ``extra_validation_seeds`` (the score averaged over the sets); stopped midway, it resumes at the
+   first setting whose videos it had not finished (WORK/generated_with.json records the finished);
 6. ``export``: the pipeline in fp16 into ``--export_dir`` (default: the package's built-in folder
    for the shipped model's recipe, the default preset ``builtin_colour_first``; WORK/export for the
    others), at most 20 MB;
@@ -33,6 +34,7 @@ Each stage is a plain command (printed before it runs), so a stage can be run or
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -580,6 +582,40 @@ def choose_scale(name: str, as_trained: dict, scales: list[float], score) -> dic
     return {f"{name}_scale": float(chosen), f"{name}_figures": rows}
 
 
+def _sha256(paths) -> str:
+    """One digest of the given files' names and bytes (a missing file counts as absent)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        digest.update(path.read_bytes() if path.is_file() else b"<absent>")
+    return digest.hexdigest()
+
+
+def pipeline_fingerprint(folder: Path) -> str:
+    """A digest of a pipeline folder's configs and weights: what its generated videos depend on."""
+    return _sha256(sorted([folder / "model_index.json", *folder.glob("*/*.json"), *folder.glob("*/*.safetensors")]))
+
+
+def generate_once(work: Path, folder: Path, command: list[str], model: str) -> None:
+    """Run a generate ``command`` into ``folder`` unless the folder already holds its videos: the same
+    command line, the same graphs file's content and the same model weights (``model``, a
+    :func:`pipeline_fingerprint`), recorded in WORK/generated_with.json after each finished run. The
+    folder is written whole or not at all (``sg2vid generate`` renames it into place), so a stage
+    stopped midway resumes at the first folder it had not finished."""
+    record_path = work / "generated_with.json"
+    graphs = Path(command[command.index("--scene-graph") + 1])
+    key = str(folder.relative_to(work))
+    settings = {"command": command[1:], "graphs": _sha256([graphs]), "model": model}  # [1:]: not the interpreter
+    records = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if records.get(key) == settings and (folder / "metadata.jsonl").is_file():
+        print(f"{key}: generated before with these settings, kept")
+        return
+    run(command)
+    records = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    records[key] = settings
+    atomic_write_text(record_path, json.dumps(records, indent=1, sort_keys=True))
+
+
 def stage_guidance(args, preset, work: Path) -> bool:
     """Choose the model's default classifier-free guidance on validation graphs (never test ones):
     too little and the graph is followed loosely, too much and sparse scenes (one object) come out
@@ -590,7 +626,8 @@ def stage_guidance(args, preset, work: Path) -> bool:
     (in both, 1, the model as trained, wins ties). Each setting is scored on every set of
     :func:`validation_sets`, by the mean of its scores there (:func:`mean_row`). A choice already
     made for this very model on the same validation sets is kept, and only a missing layout-scale
-    choice is added to it."""
+    choice is added to it. A stage stopped midway resumes: videos already generated with the same
+    settings, graphs and weights are scored again, not generated again (:func:`generate_once`)."""
     out = work / "guidance.json"
     model = guidance_model(preset, work)
     trained = final_video_dir(preset, work)
@@ -608,14 +645,16 @@ def stage_guidance(args, preset, work: Path) -> bool:
     # "1" is the model as trained: said outright, not left to the folder's defaults (a pipeline saved
     # from an export, or fine-tuned from one, carries that export's default scales).
     layout_1 = ["--layout-scale", "1"] if biased else []
+    fingerprint = pipeline_fingerprint(trained)
 
     def score(name: str, extra: list[str]) -> dict:
         rows = {}
         for set_name, graphs in sets.items():  # the first set's videos in WORK/guidance/NAME, as before
             folder = work / "guidance" / (name if set_name == "validation" else f"{set_name}/{name}")
-            run(sg2vid("generate", "--scene-graph", str(graphs), "--output-dir", str(folder), "--model", str(trained),
-                       "--num-frames", str(preset["num_frames"]), "--overwrite", *extra,
-                       *preset.get("inference", [])))  # fmt: skip
+            generate_once(work, folder, sg2vid(
+                "generate", "--scene-graph", str(graphs), "--output-dir", str(folder), "--model", str(trained),
+                "--num-frames", str(preset["num_frames"]), "--overwrite", *extra, *preset.get("inference", [])),
+                fingerprint)  # fmt: skip
             rows[set_name] = evaluate_folder(folder)
         return mean_row(rows)
 
@@ -815,16 +854,29 @@ def stage_evaluate(args, preset, work: Path) -> None:
         atomic_write_text(card_path, card.rstrip() + "\n\n" + section)
 
 
-RESUMING_STAGES = ("data", "encoder", "vae", "video")  # a rerun continues their work; the others start over
+RESUMING_STAGES = ("data", "encoder", "vae", "video")  # a rerun continues their work; export, evaluate start over
+CHOICE_STAGES = ("guidance",)  # a stopped run is continued by the next; a finished one's choice is made anew
 
 
-def record_stage_time(work: Path, stage: str, seconds: float) -> None:
+def record_stage_time(work: Path, stage: str, seconds: float, finished: bool = True) -> None:
     """Record a stage's wall time in WORK/stage_times.json: summed over the interrupted and resumed runs
-    of a stage that resumes, replaced for one that starts over (guidance, export, evaluate)."""
-    path = work / "stage_times.json"
+    of a stage that resumes (data, encoder, vae, video), replaced for one that starts over (export,
+    evaluate). The guidance stage's choice resumes after a stop (its finished videos are kept) and is
+    made anew once finished: its runs are summed until one finishes (the stopped runs' time kept in
+    WORK/stage_times_stopped.json meanwhile), and the next choice's time replaces that sum."""
+    path, stopped_path = work / "stage_times.json", work / "stage_times_stopped.json"
     times = json.loads(path.read_text()) if path.is_file() else {}
-    before = times.get(stage, 0.0) if stage in RESUMING_STAGES else 0.0
-    times[stage] = round(before + seconds, 1)
+    stopped = json.loads(stopped_path.read_text()) if stopped_path.is_file() else {}
+    if stage in RESUMING_STAGES:
+        total = times.get(stage, 0.0) + seconds
+    elif stage in CHOICE_STAGES:
+        total = stopped.pop(stage, 0.0) + seconds
+        if not finished:
+            stopped[stage] = total
+        atomic_write_text(stopped_path, json.dumps(stopped, indent=1))
+    else:
+        total = seconds
+    times[stage] = round(total, 1)
     atomic_write_text(path, json.dumps(times, indent=1))
 
 
@@ -848,14 +900,15 @@ def main(argv=None):
     args.work_dir.mkdir(parents=True, exist_ok=True)
     for stage in STAGES:
         if stage in args.stages:
-            start, ran = time.time(), None
+            start, ran, finished = time.time(), None, False
             print(f"== {stage}", flush=True)
             try:
                 ran = globals()[f"stage_{stage}"](args, preset, args.work_dir)
+                finished = True
             finally:  # interrupted (Ctrl-C, SIGTERM) or not: the time it ran counts
                 elapsed = time.time() - start
                 if ran is not False:  # False: its output was there already
-                    record_stage_time(args.work_dir, stage, elapsed)
+                    record_stage_time(args.work_dir, stage, elapsed, finished)
             print(f"== {stage} {'done' if ran is not False else 'already done'} in {elapsed / 60:.1f} min", flush=True)
 
 
