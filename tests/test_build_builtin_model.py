@@ -176,6 +176,8 @@ def test_a_guidance_stage_stopped_midway_resumes_without_generating_its_finished
     # (the tie goes to the lower scale, 1 as trained winning ties).
     assert generated == ["1", "4", "4", "1_motion1_layout3"]
     (tmp_path / "guidance.json").unlink()  # the choice made anew, nothing changed: nothing generated
+    (tmp_path / "video" / "checkpoint-5").mkdir()  # a training checkpoint is not the pipeline
+    (tmp_path / "video" / "checkpoint-5" / "trained_weights.safetensors").write_bytes(b"weights")
     assert recipe.stage_guidance(args, preset, tmp_path) is True and len(generated) == 4
     graphs.write_text('{"objects": ["blue square"], "relationships": []}\n')  # other graphs
     (tmp_path / "guidance.json").unlink()

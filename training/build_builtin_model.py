@@ -592,8 +592,13 @@ def _sha256(paths) -> str:
 
 
 def pipeline_fingerprint(folder: Path) -> str:
-    """A digest of a pipeline folder's configs and weights: what its generated videos depend on."""
-    return _sha256(sorted([folder / "model_index.json", *folder.glob("*/*.json"), *folder.glob("*/*.safetensors")]))
+    """A digest of a pipeline folder's configs and weights: what its generated videos depend on. Only the
+    components ``model_index.json`` names count (a training run's folder also holds its checkpoint-N
+    folders, which come and go without changing the pipeline)."""
+    index = json.loads((folder / "model_index.json").read_text())
+    components = [name for name, value in index.items() if isinstance(value, list) and value[0] is not None]
+    files = [path for name in components for path in (folder / name).glob("*") if path.suffix in (".json", ".safetensors")]
+    return _sha256([folder / "model_index.json", *sorted(files)])
 
 
 def generate_once(work: Path, folder: Path, command: list[str], model: str) -> None:
@@ -611,7 +616,6 @@ def generate_once(work: Path, folder: Path, command: list[str], model: str) -> N
         print(f"{key}: generated before with these settings, kept")
         return
     run(command)
-    records = json.loads(record_path.read_text()) if record_path.is_file() else {}
     records[key] = settings
     atomic_write_text(record_path, json.dumps(records, indent=1, sort_keys=True))
 
